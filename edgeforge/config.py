@@ -1,0 +1,212 @@
+"""The build config: one YAML file declaring teacher, student, data, distill, QAT, targets, gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+from .errors import ConfigError
+from .schema import Strict, parse, read_yaml
+
+FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+class TeacherConfig(Strict):
+    """Exactly one of factory (+checkpoint), torchscript or program."""
+
+    factory: str | None = Field(None, pattern=FACTORY_PATTERN, description="package.module:function")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = None
+    torchscript: str | None = None
+    program: str | None = Field(None, description="a torch.export .pt2 program")
+    trust_checkpoint: bool = Field(
+        False, description="load the checkpoint with weights_only=False (runs pickled code: only for files you trust)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherConfig:
+        given = [k for k in ("factory", "torchscript", "program") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of factory, torchscript or program")
+        if self.checkpoint and not self.factory:
+            raise ValueError("checkpoint goes with factory (a state_dict for the model it builds)")
+        return self
+
+
+class StudentConfig(Strict):
+    family: str | None = Field("convnet", description="a built-in student family")
+    factory: str | None = Field(None, pattern=FACTORY_PATTERN)
+    width: PositiveInt = 16
+    depth: PositiveInt = 2
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentConfig:
+        if self.factory and "family" in self.model_fields_set:
+            raise ValueError("give either family or factory, not both")
+        return self
+
+
+class CalibrationConfig(Strict):
+    name: str = "calibration"
+    description: str = ""
+    split: Literal["train", "val"] = "train"
+    samples: PositiveInt = 256
+    selection: Literal["stratified", "random", "first"] = "stratified"
+    seed: int = 0
+
+
+class DataConfig(Strict):
+    kind: Literal["npz", "image_folder", "factory"] = "npz"
+    train: str
+    val: str
+    test: str
+    x_key: str = "x"
+    y_key: str = "y"
+    factory: str | None = Field(None, pattern=FACTORY_PATTERN)
+    image_size: tuple[PositiveInt, PositiveInt] | None = None
+    grayscale: bool = False
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    class_names: list[str] | None = None
+    augmented: bool = Field(False, description="the training data changes every epoch (no teacher-output cache)")
+    calibration: str | CalibrationConfig = Field(default_factory=CalibrationConfig)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> DataConfig:
+        if self.kind == "factory" and not self.factory:
+            raise ValueError("kind 'factory' needs a factory: package.module:function")
+        if self.kind == "image_folder" and not self.image_size:
+            raise ValueError("kind 'image_folder' needs image_size: [height, width]")
+        return self
+
+
+class HintConfig(Strict):
+    teacher: str = Field(description="name of a teacher submodule whose output is matched")
+    student: str = Field(description="name of a student submodule")
+    weight: PositiveFloat = 1.0
+
+
+class DistillConfig(Strict):
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 64
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: PositiveFloat = 3e-3
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    temperature: PositiveFloat = 4.0
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the KD term; 1 - alpha weighs the hard-label loss")
+    hints: list[HintConfig] = Field(default_factory=list)
+    seed: int = 0
+
+
+class QatConfig(Strict):
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 5e-4
+    range_lr_ratio: PositiveFloat = Field(0.01, description="learning rate of activation scales relative to lr")
+    weight_decay: float = Field(0.0, ge=0)
+    scheme: Literal["w8a8"] = "w8a8"
+    weights: Literal["per_channel_symmetric"] = "per_channel_symmetric"
+    activations: Literal["per_tensor_affine"] = "per_tensor_affine"
+    range_init: Literal["minmax", "histogram"] = "minmax"
+    learn_ranges: bool = True
+    keep_teacher: bool = Field(True, description="keep the teacher's KD term in the QAT loss")
+    temperature: PositiveFloat | None = None
+    alpha: float | None = Field(None, ge=0, le=1)
+    seed: int = 0
+
+
+class GateConfig(Strict):
+    min_retention: float = Field(0.99, gt=0, description="artifact top-1 / teacher top-1")
+    max_drift_points: float = Field(0.5, ge=0, description="|artifact top-1 - QAT simulation top-1| in points")
+    min_agreement: float | None = Field(None, ge=0, le=1, description="top-1 agreement with the reference")
+    max_latency_p90_ms: PositiveFloat | None = None
+    max_size_kb: PositiveFloat | None = None
+
+
+class ValidationConfig(Strict):
+    warmup: int = Field(10, ge=0)
+    runs: PositiveInt = 100
+    batch_size: PositiveInt = 256
+    parity_atol: PositiveFloat = Field(1e-4, description="max |diff| for float artifacts vs the float student")
+
+
+class BuildConfig(Strict):
+    name: str = Field(pattern=r"^[\w.-]+$")
+    output: str = "build"
+    teacher: TeacherConfig
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    data: DataConfig
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    qat: QatConfig = Field(default_factory=QatConfig)
+    targets: list[str] = Field(min_length=1)
+    target_dirs: list[str] = Field(default_factory=list, description="extra folders of target profiles")
+    gate: GateConfig = Field(default_factory=GateConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    progress: bool = True
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dupes = sorted({t for t in v if v.count(t) > 1})
+        if dupes:
+            raise ValueError(f"targets listed twice: {', '.join(dupes)}")
+        return v
+
+
+class LoadedConfig:
+    """A parsed config plus where it came from (relative paths resolve against its folder)."""
+
+    def __init__(self, config: BuildConfig, path: Path, raw: dict[str, Any]) -> None:
+        self.config = config
+        self.path = path
+        self.root = path.parent
+        self.raw = raw
+
+    def resolve(self, relative: str) -> Path:
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self.root / p).resolve()
+
+    @property
+    def output_dir(self) -> Path:
+        return self.resolve(self.config.output)
+
+    def calibration(self) -> CalibrationConfig:
+        cal = self.config.data.calibration
+        if isinstance(cal, CalibrationConfig):
+            return cal
+        path = self.resolve(cal)
+        return parse(CalibrationConfig, read_yaml(path), str(path))
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LoadedConfig:
+    """Read and validate a build config; ``overrides`` maps dotted keys to values (``gate.min_retention``)."""
+    p = Path(path)
+    raw = read_yaml(p)
+    if raw is None:
+        raise ConfigError(f"{p}: the file is empty; see samples/digits/edgeforge.yaml for a complete config")
+    if isinstance(raw, dict):
+        for key, value in (overrides or {}).items():
+            _set_dotted(raw, key, value, p)
+    cfg = parse(BuildConfig, raw, str(p))
+    return LoadedConfig(cfg, p.resolve(), raw)
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, source: Path) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: cannot override {key}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value

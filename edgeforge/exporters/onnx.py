@@ -1,0 +1,152 @@
+"""ONNX exporter: fp32 from the float student, int8 QDQ from the QAT carrier (scales as learned)."""
+
+from __future__ import annotations
+
+import io
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.export import Dim
+
+from ..carrier import Carrier
+from ..errors import ExportError, require
+from ..targets import TargetProfile
+from .base import EXPORTERS, ExportedArtifact, Exporter
+
+
+def _export_program(model: torch.nn.Module, carrier: Carrier, target: TargetProfile) -> tuple[Any, torch.Tensor]:
+    batch = target.input.batch
+    if batch == "dynamic":
+        ex = carrier.example(2)
+        ep = torch.export.export(model, (ex,), dynamic_shapes=({0: Dim("batch", min=1, max=1 << 16)},))
+    else:
+        ex = carrier.example(int(batch))
+        ep = torch.export.export(model, (ex,))
+    return ep, ex
+
+
+def quantize_biases(model: Any) -> int:
+    """Store float Conv/Gemm biases as int32 with scale s_input * s_weight, behind a DequantizeLinear.
+
+    PT2E leaves biases in float; onnxruntime (and QNN, TensorRT) fuse DQ -> Conv/Gemm -> Q into
+    integer kernels only when the bias is int32 with exactly that scale. The rounding error is
+    below half a bias quantum, orders of magnitude under the activation step.
+    """
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    done = 0
+    new_nodes = []
+    for node in g.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        dq_x, dq_w = producers.get(node.input[0]), producers.get(node.input[1])
+        if not dq_x or not dq_w or dq_x.op_type != "DequantizeLinear" or dq_w.op_type != "DequantizeLinear":
+            continue
+        if dq_x.input[1] not in inits or dq_w.input[1] not in inits:
+            continue
+        if node.op_type == "Gemm":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("transB", 0) != 1 or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+                continue
+        s_x = numpy_helper.to_array(inits[dq_x.input[1]]).astype(np.float64).reshape(-1)
+        s_w = numpy_helper.to_array(inits[dq_w.input[1]]).astype(np.float64).reshape(-1)
+        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+        scale = (s_x * s_w) * np.ones_like(bias)
+        q = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        base = f"{node.input[2]}_int32"
+        g.initializer.extend([
+            numpy_helper.from_array(q, base),
+            numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale"),
+            numpy_helper.from_array(np.zeros_like(q), f"{base}_zero_point"),
+        ])
+        out = f"{base}_dq"
+        new_nodes.append((node, helper.make_node(
+            "DequantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"], [out], name=f"{base}_DequantizeLinear", axis=0,
+        )))
+        node.input[2] = out
+        done += 1
+    for consumer, dq in new_nodes:
+        idx = list(g.node).index(consumer)
+        g.node.insert(idx, dq)
+    used = {i for n in g.node for i in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return done
+
+
+def op_histogram(model: Any) -> dict[str, int]:
+    ops: dict[str, int] = {}
+    for n in model.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return dict(sorted(ops.items()))
+
+
+def _rename_io(model: Any, input_name: str, output_name: str) -> None:
+    g = model.graph
+    renames = {g.input[0].name: input_name, g.output[0].name: output_name}
+    for vi in list(g.input[:1]) + list(g.output[:1]):
+        vi.name = renames[vi.name]
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            if name in renames:
+                n.input[i] = renames[name]
+        for i, name in enumerate(n.output):
+            if name in renames:
+                n.output[i] = renames[name]
+
+
+class OnnxExporter(Exporter):
+    format = "onnx"
+    precisions = ("fp32", "int8")
+    suffix = ".onnx"
+    extra = "onnx"
+
+    def export(self, carrier: Carrier, target: TargetProfile, path: Path) -> ExportedArtifact:
+        onnx = require("onnx", "onnx")
+        require("onnxscript", "onnx")
+        if target.precision not in self.precisions:
+            raise ExportError(f"target {target.name}: ONNX precision '{target.precision}' is not supported; use fp32 or int8")
+        if target.input.layout != "NCHW" or target.input.dtype != "float32":
+            raise ExportError(
+                f"target {target.name}: the ONNX exporter writes NCHW float32 inputs; set input.layout: NCHW, input.dtype: float32"
+            )
+        if target.precision == "int8":
+            if carrier.quantized is None:
+                raise ExportError(f"target {target.name}: int8 needs the QAT carrier, which this build did not produce")
+            model: torch.nn.Module = carrier.quantized
+        else:
+            model = carrier.float_model.eval()
+        ep, ex = _export_program(model, carrier, target)
+        opts = target.onnx
+        buf = io.StringIO()
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+                warnings.simplefilter("ignore")
+                prog = torch.onnx.export(ep, (ex,), dynamo=True, opset_version=opts.opset, verbose=False)
+        except Exception as exc:
+            raise ExportError(f"target {target.name}: torch.onnx.export failed: {str(exc).strip().splitlines()[0][:200]}") from None
+        proto = prog.model_proto
+        _rename_io(proto, opts.input_name, opts.output_name)
+        n_bias = quantize_biases(proto) if target.precision == "int8" else 0
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(path))
+        return ExportedArtifact(path, self.format, target.precision, {
+            "opset": opts.opset,
+            "ops": op_histogram(proto),
+            "input": {"name": opts.input_name, "layout": "NCHW", "dtype": "float32",
+                      "batch": target.input.batch},
+            "output": {"name": opts.output_name},
+            "int32_biases": n_bias,
+            "exporter": f"torch.onnx (dynamo) {torch.__version__}, onnx {onnx.__version__}",
+        })
+
+
+EXPORTERS.add("onnx", OnnxExporter)

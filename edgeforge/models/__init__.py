@@ -1,0 +1,1 @@
+"""Teacher loading and the built-in student families."""

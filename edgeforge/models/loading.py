@@ -1,0 +1,131 @@
+"""Build the teacher and the student from the config and check that they fit the data."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import LoadedConfig
+from ..errors import ConfigError, ModelError
+from ..factories import call_factory
+from .students import STUDENTS
+
+
+def load_checkpoint(path: Path, *, trust: bool, key: str) -> Any:
+    if not path.is_file():
+        raise ModelError(f"{key}: checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{key}: checkpoint {path} is empty (0 bytes); re-save it with torch.save(model.state_dict(), ...)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if trust:
+            raise ModelError(f"{key}: {path} is not a readable checkpoint ({exc})") from None
+        first = str(exc).strip().splitlines()[0][:160]
+        raise ModelError(
+            f"{key}: {path} was refused by torch.load(weights_only=True): it holds pickled objects or code "
+            f"({first}); save a plain state_dict, or set teacher.trust_checkpoint: true if you trust the file"
+        ) from None
+    except Exception as exc:
+        raise ModelError(f"{key}: {path} is not a readable checkpoint ({type(exc).__name__}: {str(exc)[:160]})") from None
+
+
+def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict):
+        for wrapper in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(wrapper)
+            if isinstance(inner, dict):
+                obj = inner
+                break
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {k.removeprefix("module."): v for k, v in obj.items()}
+    raise ModelError(f"teacher.checkpoint: {path} holds no state_dict (a mapping of parameter names to tensors)")
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+        raise ModelError(
+            f"teacher.checkpoint: {path} does not match the model built by {factory} ({'; '.join(parts)}); "
+            "check teacher.factory and teacher.kwargs"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise ModelError(
+                f"teacher.checkpoint: {path}: '{k}' has shape {tuple(v.shape)} but {factory} builds "
+                f"{tuple(own[k].shape)}; check teacher.kwargs"
+            )
+    model.load_state_dict(state)
+
+
+def load_teacher(lc: LoadedConfig) -> nn.Module:
+    t = lc.config.teacher
+    if t.factory:
+        model = call_factory(t.factory, "teacher.factory", **t.kwargs)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"teacher.factory: {t.factory}() returned {type(model).__name__}, not a torch.nn.Module")
+        if t.checkpoint:
+            path = lc.resolve(t.checkpoint)
+            state = _state_dict_of(load_checkpoint(path, trust=t.trust_checkpoint, key="teacher.checkpoint"), path)
+            _load_state(model, state, path, t.factory)
+        return model.eval()
+    if t.torchscript:
+        path = lc.resolve(t.torchscript)
+        if not path.is_file():
+            raise ModelError(f"teacher.torchscript: file not found: {path}")
+        try:
+            return torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as exc:
+            raise ModelError(f"teacher.torchscript: {path} is not a TorchScript file ({str(exc).splitlines()[0][:160]})") from None
+    path = lc.resolve(t.program or "")
+    if not path.is_file():
+        raise ModelError(f"teacher.program: file not found: {path}")
+    try:
+        return torch.export.load(str(path)).module()
+    except Exception as exc:
+        raise ModelError(f"teacher.program: {path} is not a torch.export program ({str(exc).splitlines()[0][:160]})") from None
+
+
+def build_student(lc: LoadedConfig, in_channels: int, num_classes: int) -> nn.Module:
+    s = lc.config.student
+    if s.factory:
+        model = call_factory(s.factory, "student.factory", **s.kwargs)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"student.factory: {s.factory}() returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    try:
+        builder = STUDENTS.get(s.family or "convnet")
+    except Exception as exc:
+        raise ConfigError(f"student.family: {exc}") from None
+    return builder(in_channels, num_classes, width=s.width, depth=s.depth, **s.kwargs)
+
+
+def check_outputs(model: nn.Module, example: torch.Tensor, num_classes: int, role: str) -> None:
+    """Run two samples through a model and check it returns one logit per class."""
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{role}: fails on an input of shape {tuple(example.shape)}: {msg}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != example.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"{role}: must return logits of shape [batch, classes], got {shape}")
+    if out.shape[1] != num_classes:
+        raise ModelError(
+            f"{role}: returns {out.shape[1]} logits but the data has {num_classes} classes; "
+            "teacher and student must both output one logit per class"
+        )

@@ -1,0 +1,127 @@
+"""Stage 2: int8 quantization-aware fine-tuning of the distilled student on the PT2E carrier.
+
+export (dynamic batch) -> prepare_qat_pt2e (conv-BN fused for training, fake-quant inserted) ->
+range initialisation on the calibration set -> fine-tuning (KD vs the teacher + hard labels;
+activation scales learned with LSQ) -> convert_pt2e (BN folded, quantize/dequantize ops with the
+learned scales). The converted graph is the carrier every int8 exporter reads.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+from ..config import QatConfig
+from ..data import DataBundle, Split
+from ..errors import ModelError
+from ..training import TrainResult, fit, kd_loss, make_optimizer, predict
+from .quantizer import Int8Quantizer, Int8Scheme
+
+
+def export_for_training(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """torch.export with a dynamic batch (an example batch of 1 would specialise the graph to 1)."""
+    ex = example[:2] if len(example) >= 2 else example.repeat(2, *([1] * (example.ndim - 1)))
+    try:
+        ep = torch.export.export(model, (ex,), dynamic_shapes=({0: Dim("batch", min=1, max=1 << 16)},))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ModelError(f"student: torch.export cannot capture the model for QAT ({type(exc).__name__}: {first})") from None
+    return ep.module()
+
+
+@dataclass
+class QatOutput:
+    converted: torch.fx.GraphModule
+    result: TrainResult
+    convert_max_diff: float
+    quantized_ops: int
+
+
+def _set_fake_quant(model: nn.Module, *, observe: bool, quantize: bool, learn: bool) -> None:
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+    from torchao.quantization.pt2e.learnable_fake_quantize import LearnableFakeQuantize
+
+    for m in model.modules():
+        if isinstance(m, LearnableFakeQuantize):
+            m.enable_fake_quant(quantize)
+            if learn:
+                m.enable_range_learning()
+            else:
+                m.enable_observer(observe)
+        elif isinstance(m, FakeQuantizeBase):
+            m.enable_fake_quant(quantize)
+            m.enable_observer(observe)
+
+
+def quantization_aware_training(
+    student: nn.Module, teacher: nn.Module | None, data: DataBundle, calibration: Split, cfg: QatConfig, *,
+    temperature: float, alpha: float, show_progress: bool,
+) -> QatOutput:
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    torch.manual_seed(cfg.seed)
+    scheme = Int8Scheme(learn_activation_ranges=cfg.learn_ranges, range_init=cfg.range_init)
+    gm = export_for_training(copy.deepcopy(student).train(), data.train.x)
+    prepared = prepare_qat_pt2e(gm, Int8Quantizer(scheme))
+
+    # Range initialisation: observe the calibration set with fake-quant off and BN in eval mode,
+    # so the first QAT step starts from calibrated scales instead of one batch's statistics.
+    move_exported_model_to_eval(prepared)
+    _set_fake_quant(prepared, observe=True, quantize=False, learn=False)
+    predict(prepared, calibration.x, 64)
+    _set_fake_quant(prepared, observe=not cfg.learn_ranges, quantize=True, learn=cfg.learn_ranges)
+
+    range_params = [p for n, p in prepared.named_parameters() if n.endswith((".scale", ".zero_point"))]
+    range_ids = {id(p) for p in range_params}
+    weights = [p for p in prepared.parameters() if id(p) not in range_ids]
+    groups = [{"params": weights}]
+    if range_params:
+        groups.append({"params": range_params, "lr": cfg.lr * cfg.range_lr_ratio, "weight_decay": 0.0})
+    opt = make_optimizer("adam", groups, cfg.lr, cfg.weight_decay)
+
+    use_teacher = cfg.keep_teacher and teacher is not None
+    cache = predict(teacher, data.train.x) if use_teacher and teacher is not None else None
+    t = cfg.temperature or temperature
+    a = (cfg.alpha if cfg.alpha is not None else alpha) if use_teacher else 0.0
+
+    def step_loss(idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return kd_loss(prepared(x), cache[idx] if cache is not None else None, y, t, a)
+
+    def on_epoch_start(epoch: int) -> None:
+        # With observed (not learned) ranges, freeze them for the last epoch so the final
+        # weights are fine-tuned against the exact scales the artifacts will carry.
+        if not cfg.learn_ranges and cfg.epochs > 1 and epoch == cfg.epochs - 1:
+            _set_fake_quant(prepared, observe=False, quantize=True, learn=False)
+
+    result = fit(prepared, train=data.train, val=data.val, step_loss=step_loss, optimizer=opt,
+                 epochs=cfg.epochs, batch_size=cfg.batch_size, schedule="cosine", warmup=0, seed=cfg.seed,
+                 stage="qat", show_progress=show_progress,
+                 train_mode=move_exported_model_to_train, eval_mode=move_exported_model_to_eval,
+                 on_epoch_start=on_epoch_start)
+    prepared.load_state_dict(result.best_state)
+    move_exported_model_to_eval(prepared)
+    _set_fake_quant(prepared, observe=False, quantize=True, learn=False)
+    probe = data.val.x[:256]
+    before = predict(prepared, probe)
+    converted = convert_pt2e(prepared)
+    after = predict(converted, probe)
+    n_q = sum(1 for n in converted.graph.nodes if n.op == "call_function" and "quantize_per" in str(n.target))
+    return QatOutput(converted, result, float((before - after).abs().max()), n_q)
+
+
+def save_carrier(converted: torch.fx.GraphModule, example: torch.Tensor, path: str) -> None:
+    """Save the converted QAT graph as a torch.export program (dynamic batch)."""
+    ex = example[:2]
+    ep = torch.export.export(converted, (ex,), dynamic_shapes=({0: Dim("batch", min=1, max=1 << 16)},))
+    torch.export.save(ep, path)
+
+
+def load_carrier(path: str) -> torch.fx.GraphModule:
+    import torchao.quantization.pt2e  # noqa: F401  registers the quantized_decomposed ops
+
+    return torch.export.load(path).module()

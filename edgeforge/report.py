@@ -1,0 +1,86 @@
+"""The human report (Markdown) rendered from the manifest alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+def _kib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1024:.1f} KiB"
+
+
+def render_report(m: dict[str, Any]) -> str:
+    models = m["models"]
+    verdict = "PASS" if m["exit_code"] == 0 else ("FAIL (gate)" if m["exit_code"] == 2 else "FAIL (error)")
+    lines = [
+        f"# edgeforge build: {m['name']} — {verdict}",
+        "",
+        f"Built {m['created']} on {m['host']['platform']} ({m['host']['cpus']} CPUs); "
+        f"edgeforge {m['versions'].get('edgeforge', '?')}, torch {m['versions'].get('torch', '?')}.",
+        "",
+        "## Models (test split, PyTorch)",
+        "",
+        "| model | top-1 | parameters | bytes |",
+        "|---|---|---|---|",
+        f"| teacher | {_pct(models['teacher']['top1'])} | {models['teacher']['parameters']:,} | {models['teacher']['bytes']:,} |",
+        f"| float student | {_pct(models['float_student']['top1'])} | {models['float_student']['parameters']:,} | - |",
+        f"| QAT simulation (int8) | {_pct(models['qat_simulation']['top1'])} | - | - |",
+        "",
+        "## Targets",
+        "",
+        "| target | format | precision | status | top-1 | retention | drift (pt) | agreement | max abs diff | size | compression | p50 / p90 / p99 ms | gate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in m["targets"]:
+        mt = t.get("metrics")
+        gate = "pass" if t["checks"] and all(c["passed"] for c in t["checks"]) else "FAIL"
+        if mt is None:
+            lines.append(f"| {t['name']} | {t['format']} | {t['precision']} | {t['status']}: {t.get('reason', '')} "
+                         "| - | - | - | - | - | - | - | - | FAIL |")
+            continue
+        lat = mt.get("latency")
+        lat_s = f"{lat['p50_ms']:.3f} / {lat['p90_ms']:.3f} / {lat['p99_ms']:.3f} ({lat['measured_on']})" if lat else "-"
+        lines.append(
+            f"| {t['name']} | {t['format']} | {t['precision']} | {t['status']} | {_pct(mt['top1'])} | "
+            f"{mt['retention']:.4f} | {mt['drift_points']:+.2f} vs {mt['reference']} | {mt['agreement'] * 100:.2f}% | "
+            f"{mt['max_abs_diff']:.2e} | {_kib(mt['size_bytes'])} | {mt['compression_vs_teacher']:.1f}x | {lat_s} | {gate} |"
+        )
+    lines += ["", "## Gate", ""]
+    if m["gate"]["passed"]:
+        lines.append("All checks passed.")
+    for e in m["gate"]["errors"]:
+        lines.append(f"- error: {e}")
+    for f in m["gate"]["failures"]:
+        lines.append(f"- failed: {f}")
+    lines += ["", "### Checks", "", "| target | check | value | limit | result |", "|---|---|---|---|---|"]
+    for t in m["targets"]:
+        for c in t["checks"]:
+            val = f"{c['value']:.4g}" if isinstance(c["value"], float) else str(c["value"])
+            lim = f"{c['limit']:.4g}" if isinstance(c["limit"], float) else str(c["limit"])
+            lines.append(f"| {t['name']} | {c['name']} | {val} | {lim} | {'pass' if c['passed'] else 'FAIL'} |")
+    st = m["stages"]
+    lines += [
+        "",
+        "## Stages",
+        "",
+        "| stage | best epoch | val top-1 | seconds | samples/s | cached |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ("distill", "qat"):
+        s = st[name]
+        lines.append(f"| {name} | {s['best_epoch']} | {_pct(s['best_val_top1'])} | {s['seconds']:.1f} | "
+                     f"{s['samples_per_second']:.0f} | {s['cached']} |")
+    lines += ["", "## Reproducibility", "",
+              f"- config sha256: `{m['config']['sha256']}`",
+              f"- data sha256: `{m['data']['sha256']}`",
+              f"- seeds: distill {m['seed']['distill']}, QAT {m['seed']['qat']}",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+              ""]
+    for t in m["targets"]:
+        if "artifact" in t:
+            lines.append(f"- `{t['artifact']['path']}` sha256 `{t['artifact']['sha256']}`")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,86 @@
+"""onnxruntime adapter: CPU execution provider with the target's thread count."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import RuntimeUnavailable, require
+from ..targets import TargetProfile
+from .base import RUNTIMES, Runtime, Session
+
+
+class OrtSession(Session):
+    executor = "onnxruntime"
+
+    def __init__(self, path: Path, target: TargetProfile) -> None:
+        ort = require("onnxruntime", "onnx")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = target.runtime.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        available = set(ort.get_available_providers())
+        missing = [p for p in target.runtime.providers if p not in available]
+        if missing:
+            raise RuntimeUnavailable(
+                f"target {target.name}: onnxruntime here lacks {', '.join(missing)} (has {', '.join(sorted(available))})"
+            )
+        t0 = time.perf_counter()
+        self._sess = ort.InferenceSession(str(path), opts, providers=target.runtime.providers)
+        self.load_seconds = time.perf_counter() - t0
+        inp = self._sess.get_inputs()[0]
+        self._input = inp.name
+        b = inp.shape[0]
+        self.fixed_batch = b if isinstance(b, int) else None
+        self.executor = f"onnxruntime {ort.__version__} ({target.runtime.providers[0]}, {target.runtime.threads} thread(s))"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self._sess.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def optimized_ops(path: Path) -> dict[str, int]:
+    """The ops onnxruntime actually runs after its graph fusions (e.g. QLinearConv for QDQ Conv)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "optimized.onnx"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(out)
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        ops: dict[str, int] = {}
+        for n in onnx.load(str(out)).graph.node:
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return dict(sorted(ops.items()))
+
+
+class OnnxRuntime(Runtime):
+    name = "onnxruntime"
+    format = "onnx"
+    extra = "onnx"
+
+    def unavailable_reason(self) -> str | None:
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed (pip install 'edgeforge[onnx]')"
+        return None
+
+    def open(self, path: Path, target: TargetProfile) -> Session:
+        reason = self.unavailable_reason()
+        if reason:
+            raise RuntimeUnavailable(reason)
+        return OrtSession(path, target)
+
+    def inspect(self, path: Path) -> dict[str, object]:
+        return {"ops_after_fusion": optimized_ops(path)}
+
+
+RUNTIMES.add("onnx", OnnxRuntime)

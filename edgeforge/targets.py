@@ -1,0 +1,107 @@
+"""Target profiles: one YAML file per device/format/precision, found in folders of profiles."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from .errors import ConfigError
+from .schema import Strict, parse, read_yaml
+
+Format = Literal["onnx", "tflite", "coreml"]
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class InputSpec(Strict):
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    dtype: Literal["float32", "int8", "uint8"] = "float32"
+    batch: PositiveInt | Literal["dynamic"] = 1
+
+
+class RuntimeSpec(Strict):
+    threads: PositiveInt = 1
+    compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] | None = None
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+
+
+class OnnxOptions(Strict):
+    opset: int = Field(18, ge=13, le=23)
+    input_name: str = "input"
+    output_name: str = "logits"
+
+
+class Budgets(Strict):
+    latency_p90_ms: PositiveFloat | None = None
+    size_kb: PositiveFloat | None = None
+    min_retention: float | None = Field(None, gt=0)
+
+
+class DeviceSpec(Strict):
+    name: str = "host"
+    kind: Literal["cpu", "gpu", "npu", "phone", "board"] = "cpu"
+    os: str | None = None
+    minimum_os: str | None = None
+
+
+class LatencySpec(Strict):
+    measured_on: Literal["host"] = "host"
+
+
+class TargetProfile(Strict):
+    name: str = Field(pattern=r"^[\w.-]+$")
+    description: str = ""
+    format: Format
+    precision: Precision
+    device: DeviceSpec = Field(default_factory=DeviceSpec)
+    input: InputSpec = Field(default_factory=InputSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    onnx: OnnxOptions = Field(default_factory=OnnxOptions)
+    budgets: Budgets = Field(default_factory=Budgets)
+    latency: LatencySpec = Field(default_factory=LatencySpec)
+
+
+def builtin_target_dir() -> Path:
+    """The repository's targets/ folder (beside the package)."""
+    return Path(__file__).resolve().parent.parent / "targets"
+
+
+def search_dirs(extra: Iterable[Path] = ()) -> list[Path]:
+    dirs = list(extra)
+    env = os.environ.get("EDGEFORGE_TARGETS")
+    if env:
+        dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    dirs.append(builtin_target_dir())
+    return dirs
+
+
+def load_profile(path: Path) -> TargetProfile:
+    profile = parse(TargetProfile, read_yaml(path), str(path))
+    if profile.name != path.stem:
+        raise ConfigError(f"{path}: name '{profile.name}' differs from the file name; rename one so they match")
+    return profile
+
+
+def available(dirs: Iterable[Path] = ()) -> dict[str, Path]:
+    """Profile name -> file; earlier folders win, so a user's folder overrides the built-ins."""
+    found: dict[str, Path] = {}
+    for d in search_dirs(dirs):
+        if not d.is_dir():
+            continue
+        for f in sorted(d.glob("*.yaml")):
+            found.setdefault(f.stem, f)
+    return found
+
+
+def resolve(names: Iterable[str], dirs: Iterable[Path] = ()) -> list[TargetProfile]:
+    index = available(dirs)
+    profiles = []
+    for name in names:
+        if name not in index:
+            known = ", ".join(sorted(index)) or "none"
+            raise ConfigError(f"unknown target '{name}'; available: {known} (add a profile to targets/ or target_dirs)")
+        profiles.append(load_profile(index[name]))
+    return profiles

@@ -1,0 +1,96 @@
+"""Validation written once over runtime sessions: accuracy, retention, drift, parity, latency, size."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .runtimes.base import Session
+
+
+@dataclass
+class Accuracy:
+    top1: float
+    per_class: list[float]
+
+    @classmethod
+    def of(cls, logits: np.ndarray, y: np.ndarray, num_classes: int) -> Accuracy:
+        pred = logits.argmax(1)
+        per = [float((pred[y == c] == c).mean()) if (y == c).any() else float("nan") for c in range(num_classes)]
+        return cls(float((pred == y).mean()), per)
+
+
+@dataclass
+class Latency:
+    batch: int
+    threads: int
+    warmup: int
+    runs: int
+    load_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    measured_on: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_latency(session: Session, sample: np.ndarray, *, warmup: int, runs: int, threads: int,
+                    measured_on: str) -> Latency:
+    """Batch-1 latency after warm-up (the first runs pay for allocation and kernel selection)."""
+    x = np.ascontiguousarray(sample[:1], dtype=np.float32)
+    for _ in range(warmup):
+        session.run(x)
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        session.run(x)
+        times[i] = time.perf_counter() - t0
+    ms = times * 1e3
+    return Latency(1, threads, warmup, runs, session.load_seconds * 1e3, float(np.percentile(ms, 50)),
+                   float(np.percentile(ms, 90)), float(np.percentile(ms, 99)), float(ms.mean()), measured_on)
+
+
+def compare(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Top-1 agreement and output parity of an artifact against its reference model's logits."""
+    return {
+        "agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
+        "max_abs_diff": float(np.abs(logits - reference).max()),
+        "mean_abs_diff": float(np.abs(logits - reference).mean()),
+    }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def artifact_metrics(
+    *, logits: np.ndarray, labels: np.ndarray, num_classes: int, teacher_top1: float,
+    reference_name: str, reference_logits: np.ndarray, qat_sim_top1: float | None, float_top1: float,
+) -> dict[str, Any]:
+    acc = Accuracy.of(logits, labels, num_classes)
+    ref_top1 = float((reference_logits.argmax(1) == labels).mean())
+    out: dict[str, Any] = {
+        "top1": acc.top1,
+        "per_class_top1": acc.per_class,
+        "retention": acc.top1 / teacher_top1 if teacher_top1 > 0 else float("nan"),
+        "reference": reference_name,
+        "reference_top1": ref_top1,
+        "drift_points": (acc.top1 - ref_top1) * 100.0,
+        "vs_float_student_points": (acc.top1 - float_top1) * 100.0,
+        **compare(logits, reference_logits),
+    }
+    if qat_sim_top1 is not None:
+        out["drift_vs_qat_points"] = (acc.top1 - qat_sim_top1) * 100.0
+    return out
