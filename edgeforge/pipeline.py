@@ -99,6 +99,7 @@ def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:
     teacher = load_teacher(lc)
     example = data.train.x[:2]
     check_outputs(teacher, example, data.num_classes, "teacher")
+    torch.manual_seed(cfg.distill.seed)  # the student's initial weights are part of the build's identity
     student = build_student(lc, data.input_shape[0], data.num_classes)
     student.eval()
     check_outputs(student, example, data.num_classes, "student")

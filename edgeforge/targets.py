@@ -34,6 +34,12 @@ class OnnxOptions(Strict):
     output_name: str = "logits"
 
 
+class TfliteOptions(Strict):
+    """LiteRT options: the model's output dtype (input dtype and layout come from ``input``)."""
+
+    output_dtype: Literal["float32", "int8", "uint8"] = "float32"
+
+
 class Budgets(Strict):
     latency_p90_ms: PositiveFloat | None = None
     size_kb: PositiveFloat | None = None
@@ -60,6 +66,7 @@ class TargetProfile(Strict):
     input: InputSpec = Field(default_factory=InputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     onnx: OnnxOptions = Field(default_factory=OnnxOptions)
+    tflite: TfliteOptions = Field(default_factory=TfliteOptions)
     budgets: Budgets = Field(default_factory=Budgets)
     latency: LatencySpec = Field(default_factory=LatencySpec)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import contextlib
+import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,18 @@ def quantize_biases(model: Any) -> int:
     return done
 
 
+def strip_debug_info(model: Any, metadata: dict[str, str]) -> None:
+    """Drop the exporter's per-node stack traces and doc strings (half the file on small models)."""
+    from onnx import helper
+
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.value_info[:]
+    del model.metadata_props[:]
+    helper.set_model_props(model, metadata)
+
+
 def op_histogram(model: Any) -> dict[str, int]:
     ops: dict[str, int] = {}
     for n in model.graph.node:
@@ -136,6 +148,8 @@ class OnnxExporter(Exporter):
         proto = prog.model_proto
         _rename_io(proto, opts.input_name, opts.output_name)
         n_bias = quantize_biases(proto) if target.precision == "int8" else 0
+        strip_debug_info(proto, {"producer": "edgeforge", "model": carrier.name, "target": target.name,
+                                 "precision": target.precision, "class_names": ",".join(carrier.class_names)})
         onnx.checker.check_model(proto)
         onnx.save(proto, str(path))
         return ExportedArtifact(path, self.format, target.precision, {

@@ -1,0 +1,102 @@
+"""The int8 carrier: quantizer annotations, QAT, and its ONNX QDQ export run in onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgeforge.carrier import Carrier
+from edgeforge.config import QatConfig
+from edgeforge.data import DataBundle, Split
+from edgeforge.models.students import STUDENTS
+from edgeforge.quant.qat import load_carrier, quantization_aware_training, save_carrier
+from edgeforge.targets import TargetProfile
+from tiny_models import make_patterns, train_teacher
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.onnx
+
+
+@pytest.fixture(scope="module")
+def qat_setup():  # type: ignore[no-untyped-def]
+    splits = {n: make_patterns(k, s) for n, k, s in (("train", 384, 0), ("val", 128, 1), ("test", 256, 2))}
+    data = DataBundle(*(Split(n, torch.from_numpy(x), torch.from_numpy(y)) for n, (x, y) in splits.items()),
+                      num_classes=4, class_names=list("abcd"))
+    teacher = train_teacher(*splits["train"])
+    torch.manual_seed(0)
+    student = STUDENTS.get("separable")(1, 4, width=8, depth=2)
+    # a brief float fit so the QAT starts from a useful student
+    opt = torch.optim.Adam(student.parameters(), 1e-2)
+    for _ in range(4):
+        student.train()
+        for i in range(0, 384, 64):
+            loss = torch.nn.functional.cross_entropy(student(data.train.x[i : i + 64]), data.train.y[i : i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    student.eval()
+    out = quantization_aware_training(student, teacher, data, data.train, QatConfig(epochs=2, lr=1e-3),
+                                      temperature=3.0, alpha=0.5, show_progress=False)
+    return data, student, out
+
+
+def test_carrier_has_int8_qdq_and_matches_prepared(qat_setup) -> None:  # type: ignore[no-untyped-def]
+    data, _, out = qat_setup
+    targets = {str(n.target) for n in out.converted.graph.nodes if n.op == "call_function"}
+    assert any("quantize_per_tensor" in t for t in targets)
+    assert any("dequantize_per_channel" in t for t in targets)
+    assert not any("batch_norm" in t for t in targets), "BN must be folded into the convs"
+    # residual add of the separable block and all 6 conv/linear layers are quantized
+    assert out.quantized_ops >= 8
+    assert out.convert_max_diff < 0.05
+
+
+def test_carrier_round_trips_through_pt2(qat_setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data, _, out = qat_setup
+    save_carrier(out.converted, data.train.x, str(tmp_path / "q.pt2"))
+    again = load_carrier(str(tmp_path / "q.pt2"))
+    x = data.test.x[:17]
+    assert torch.allclose(again(x), out.converted(x))
+
+
+def _target(precision: str, batch: object = "dynamic") -> TargetProfile:
+    return TargetProfile.model_validate({"name": f"t-{precision}", "format": "onnx", "precision": precision,
+                                         "input": {"batch": batch}})
+
+
+def test_onnx_int8_runs_in_ort_with_integer_kernels(qat_setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edgeforge.exporters import get_exporter
+    from edgeforge.runtimes import get_runtime
+
+    data, student, out = qat_setup
+    carrier = Carrier(student, out.converted, (1, 8, 8), 4, list("abcd"), data.train.x[:32])
+    target = _target("int8")
+    art = get_exporter("onnx").export(carrier, target, tmp_path / "m.onnx")
+    assert art.info["ops"].get("QuantizeLinear", 0) >= 4 and art.info["int32_biases"] == 6
+    runtime = get_runtime("onnx")
+    sess = runtime.open(tmp_path / "m.onnx", target)
+    got = sess.run_all(data.test.x.numpy(), 100)
+    sim = out.converted(data.test.x).detach().numpy()
+    agreement = (got.argmax(1) == sim.argmax(1)).mean()
+    assert agreement >= 0.99
+    fused = runtime.inspect(tmp_path / "m.onnx")["ops_after_fusion"]
+    assert fused.get("QLinearConv", 0) >= 3, fused
+
+
+def test_onnx_fp32_parity_static_batch(qat_setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edgeforge.exporters import get_exporter
+    from edgeforge.runtimes import get_runtime
+
+    data, student, out = qat_setup
+    carrier = Carrier(student, out.converted, (1, 8, 8), 4, list("abcd"), data.train.x[:32])
+    target = _target("fp32", batch=4)
+    get_exporter("onnx").export(carrier, target, tmp_path / "f.onnx")
+    sess = get_runtime("onnx").open(tmp_path / "f.onnx", target)
+    assert sess.fixed_batch == 4
+    x = data.test.x[:10].numpy()  # not a multiple of 4: the session pads the last batch
+    got = sess.run_all(x)
+    with torch.no_grad():
+        ref = student(torch.from_numpy(x)).numpy()
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= 1e-4
