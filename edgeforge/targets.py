@@ -40,6 +40,17 @@ class TfliteOptions(Strict):
     output_dtype: Literal["float32", "int8", "uint8"] = "float32"
 
 
+class CoremlOptions(Strict):
+    """Core ML conversion: deployment target, input as a tensor or an image (pixels * scale + bias)."""
+
+    minimum_deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS14"] = "iOS17"
+    input_type: Literal["tensor", "image"] = "tensor"
+    image_scale: float = 1.0
+    image_bias: list[float] = Field(default_factory=lambda: [0.0])  # one value, or one per channel
+    input_name: str = "input"
+    output_name: str = "logits"
+
+
 class Budgets(Strict):
     latency_p90_ms: PositiveFloat | None = None
     size_kb: PositiveFloat | None = None
@@ -66,6 +77,7 @@ class TargetProfile(Strict):
     input: InputSpec = Field(default_factory=InputSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     onnx: OnnxOptions = Field(default_factory=OnnxOptions)
+    coreml: CoremlOptions = Field(default_factory=CoremlOptions)
     tflite: TfliteOptions = Field(default_factory=TfliteOptions)
     budgets: Budgets = Field(default_factory=Budgets)
     latency: LatencySpec = Field(default_factory=LatencySpec)

@@ -33,7 +33,7 @@ def tiny_config(assets: Path, out: Path, **changes: Any) -> dict[str, Any]:
         "output": str(out),
         "progress": False,
         "teacher": {"factory": "tiny_models:teacher", "checkpoint": str(assets / "teacher.pt")},
-        "student": {"family": "convnet", "width": 4, "depth": 1},
+        "student": {"family": "convnet", "width": 8, "depth": 1},
         "data": {
             "kind": "npz",
             "train": str(assets / "train.npz"),
@@ -41,7 +41,7 @@ def tiny_config(assets: Path, out: Path, **changes: Any) -> dict[str, Any]:
             "test": str(assets / "test.npz"),
             "calibration": {"samples": 64},
         },
-        "distill": {"epochs": 6, "batch_size": 64, "lr": 0.01, "temperature": 3.0, "alpha": 0.7},
+        "distill": {"epochs": 12, "batch_size": 32, "lr": 0.01, "temperature": 3.0, "alpha": 0.7},
         "qat": {"epochs": 2, "batch_size": 64, "lr": 0.001},
         "targets": ["onnx-cpu-fp32", "onnx-cpu-int8"],
         "gate": {"min_retention": 0.9, "max_drift_points": 2.0},

@@ -6,7 +6,7 @@ import importlib
 
 from .base import EXPORTERS, ExportedArtifact, Exporter
 
-_MODULES = {"onnx": ".onnx"}
+_MODULES = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".coreml"}
 
 
 def get_exporter(fmt: str) -> Exporter:

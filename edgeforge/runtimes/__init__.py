@@ -6,7 +6,7 @@ import importlib
 
 from .base import RUNTIMES, Runtime, Session
 
-_MODULES = {"onnx": ".onnxruntime"}
+_MODULES = {"onnx": ".onnxruntime", "tflite": ".litert", "coreml": ".coreml"}
 
 
 def get_runtime(fmt: str) -> Runtime:

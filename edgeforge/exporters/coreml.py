@@ -1,0 +1,195 @@
+"""Core ML exporter: an ML program (.mlpackage) in fp32 / fp16 from the float student, or W8A8 from
+the QAT carrier (its quantize/dequantize ops and learned scales carried over, not re-calibrated).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..carrier import Carrier
+from ..errors import ExportError, require
+from ..targets import TargetProfile
+from .base import EXPORTERS, ExportedArtifact, Exporter
+
+
+def fill_default_args(ep: Any) -> Any:
+    """Write every omitted schema default into the ATen calls of an ExportedProgram, in place.
+
+    torch.export drops arguments equal to their defaults (``max_pool2d(x, [2, 2])``), and
+    coremltools 9.0's torch frontend counts positional inputs ("max_pool2d got 2 input(s),
+    expected minimum 3"); spelling the defaults out is semantically a no-op.
+    """
+    for node in ep.graph_module.graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        positional = [a for a in node.target._schema.arguments if not a.kwarg_only]
+        extra = []
+        for arg in positional[len(node.args):]:
+            if arg.name in node.kwargs or not arg.has_default_value():
+                break
+            extra.append(arg.default_value)
+        if extra:
+            node.args = (*node.args, *extra)
+    ep.graph_module.recompile()
+    return ep
+
+
+def op_histogram(spec: Any) -> dict[str, int]:
+    fn = spec.mlProgram.functions["main"]
+    ops: dict[str, int] = {}
+    for op in fn.block_specializations[fn.opset].operations:
+        ops[op.type] = ops.get(op.type, 0) + 1
+    return dict(sorted(ops.items()))
+
+
+def package_digest(path: Path) -> tuple[str, int]:
+    """(sha256, bytes) of a file or a package folder: relative paths and contents in sorted order."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    total = 0
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
+        data = f.read_bytes()
+        total += len(data)
+        h.update(hashlib.sha256(data).digest())
+    return h.hexdigest(), total
+
+
+def _input_type(ct: Any, carrier: Carrier, target: TargetProfile, shape: tuple[int, ...]) -> Any:
+    opts = target.coreml
+    if opts.input_type == "tensor":
+        return ct.TensorType(name=opts.input_name, shape=shape)
+    channels = shape[1]
+    if channels not in (1, 3):
+        raise ExportError(f"target {target.name}: an image input needs 1 or 3 channels, the model takes {channels}; "
+                          "set coreml.input_type: tensor")
+    bias = list(opts.image_bias)
+    if len(bias) not in (1, channels):
+        raise ExportError(f"target {target.name}: coreml.image_bias has {len(bias)} values; give 1 or {channels}")
+    bias = bias * channels if len(bias) == 1 else bias
+    layout = ct.colorlayout.GRAYSCALE if channels == 1 else ct.colorlayout.RGB
+    return ct.ImageType(name=opts.input_name, shape=shape, scale=opts.image_scale,
+                        bias=bias[0] if channels == 1 else bias, color_layout=layout)
+
+
+class CoremlExporter(Exporter):
+    format = "coreml"
+    precisions = ("fp32", "fp16", "int8")
+    suffix = ".mlpackage"
+    extra = "coreml"
+
+    def export(self, carrier: Carrier, target: TargetProfile, path: Path) -> ExportedArtifact:
+        ct = require("coremltools", "coreml")
+        opts = target.coreml
+        if target.precision not in self.precisions:
+            raise ExportError(f"target {target.name}: Core ML precision '{target.precision}' is not supported; "
+                              "use fp32, fp16 or int8")
+        if target.input.batch == "dynamic":
+            raise ExportError(f"target {target.name}: Core ML targets need a static batch (the Neural Engine runs "
+                              "only static shapes; a flexible shape falls back to CPU/GPU); set input.batch: 1")
+        if target.input.layout != "NCHW" or target.input.dtype != "float32":
+            raise ExportError(f"target {target.name}: the Core ML exporter takes NCHW float32 models; set "
+                              "input.layout: NCHW, input.dtype: float32 (use coreml.input_type: image for pixels)")
+        if target.precision == "int8":
+            if carrier.quantized is None:
+                raise ExportError(f"target {target.name}: int8 needs the QAT carrier, which this build did not produce")
+            if opts.minimum_deployment_target == "iOS16":
+                raise ExportError(f"target {target.name}: W8A8 needs the iOS17 opset (activation quantize/dequantize "
+                                  "ops); set coreml.minimum_deployment_target: iOS17 or later")
+            model: torch.nn.Module = carrier.quantized
+        else:
+            model = carrier.float_model.eval()
+        # int8 runs its float segments in fp16, as the Neural Engine does; fp32 stays fp32 end to end.
+        fp32 = target.precision == "fp32"
+        shape = (int(target.input.batch), *carrier.input_shape)
+        deploy = getattr(ct.target, opts.minimum_deployment_target)
+        try:
+            ep = fill_default_args(torch.export.export(model, (torch.zeros(shape),)).run_decompositions({}))
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()), _quiet_coremltools():
+                warnings.simplefilter("ignore")
+                ml = ct.convert(
+                    ep, convert_to="mlprogram", minimum_deployment_target=deploy,
+                    inputs=[_input_type(ct, carrier, target, shape)],
+                    # float32 out whatever the compute precision: consumers get logits as float32.
+                    outputs=[ct.TensorType(name=opts.output_name, dtype=np.float32)],
+                    compute_precision=ct.precision.FLOAT32 if fp32 else ct.precision.FLOAT16,
+                    skip_model_load=True,
+                )
+        except ExportError:
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ExportError(f"target {target.name}: coremltools could not convert the model: {first}") from None
+        spec = ml.get_spec()
+        ops = op_histogram(spec)
+        if target.precision == "int8" and not {"quantize", "dequantize"} <= set(ops):
+            raise ExportError(f"target {target.name}: the converted program has no quantize/dequantize ops; "
+                              "the QAT scales were lost")
+        ml.author = "edgeforge"
+        ml.version = __version__
+        ml.license = ""
+        ml.short_description = (f"{carrier.name}: {carrier.num_classes}-class classifier, {target.precision} "
+                                f"(edgeforge target {target.name})")
+        ml.input_description[opts.input_name] = f"NCHW {shape}" + (" image" if opts.input_type == "image" else " float32")
+        ml.output_description[opts.output_name] = "logits (float32), one per class in class_labels"
+        ml.user_defined_metadata.update({
+            "class_labels": ",".join(carrier.class_names), "edgeforge.target": target.name,
+            "edgeforge.precision": target.precision, "edgeforge.model": carrier.name,
+        })
+        _save_atomic(ml, path)
+        fn = spec.mlProgram.functions["main"]
+        return ExportedArtifact(path, self.format, target.precision, {
+            "ops": ops,
+            "opset": fn.opset,
+            "minimum_deployment_target": opts.minimum_deployment_target,
+            "compute_precision": "fp32" if fp32 else "fp16",
+            "specification_version": spec.specificationVersion,
+            "input": {"name": opts.input_name, "type": opts.input_type, "layout": "NCHW", "shape": list(shape)},
+            "output": {"name": opts.output_name, "dtype": "float32"},
+            "package_bytes": package_digest(path)[1],
+            "exporter": f"coremltools {ct.__version__} (torch.export {torch.__version__})",
+        })
+
+
+@contextlib.contextmanager
+def _quiet_coremltools() -> Any:
+    log = logging.getLogger("coremltools")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _save_atomic(ml: Any, path: Path) -> None:
+    """Build the package in a sibling temp folder, then rename it into place (a package is a folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        built = staging / "model.mlpackage"
+        ml.save(str(built))
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        os.replace(built, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+EXPORTERS.add("coreml", CoremlExporter)

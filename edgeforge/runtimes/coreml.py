@@ -1,0 +1,121 @@
+"""Core ML adapter: Core ML itself on macOS; elsewhere edgeforge's numpy reference interpreter.
+
+Core ML has no Linux runtime. The reference interpreter runs the saved program op by op, so
+accuracy and parity are checked on Linux too, but its timings say nothing about a device:
+``measures_latency`` is False there and the pipeline reports "latency: needs macOS".
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RuntimeUnavailable, require
+from ..targets import TargetProfile
+from .base import RUNTIMES, Runtime, Session
+
+
+def coreml_framework_reason() -> str | None:
+    """None when Core ML itself can run models here, else why not."""
+    if platform.system() != "Darwin":
+        return f"Core ML runs only on macOS (this host: {platform.system()})"
+    try:
+        import coremltools.libcoremlpython  # noqa: F401
+    except ImportError as exc:
+        return f"coremltools' Core ML bridge does not load ({exc})"
+    return None
+
+
+def _to_pixels(x: np.ndarray, target: TargetProfile) -> np.ndarray:
+    """Normalised NCHW floats -> the 8-bit pixels an image input receives (the program re-applies scale/bias)."""
+    opts = target.coreml
+    bias = np.asarray(opts.image_bias, dtype=np.float32).reshape(1, -1, 1, 1)
+    return np.clip(np.rint((x - bias) / opts.image_scale), 0, 255)
+
+
+class ReferenceSession(Session):
+    measures_latency = False
+
+    def __init__(self, path: Path, target: TargetProfile) -> None:
+        from ..coreml import ReferenceInterpreter
+
+        t0 = time.perf_counter()
+        self._interp = ReferenceInterpreter(path)  # raises UnsupportedOp (RuntimeUnavailable) up front
+        self.load_seconds = time.perf_counter() - t0
+        self._target = target
+        shape = self._interp.input_type.shape
+        self.fixed_batch = shape[0] if shape and shape[0] is not None else None
+        self.executor = "edgeforge reference interpreter (numpy), Linux" if platform.system() == "Linux" \
+            else f"edgeforge reference interpreter (numpy), {platform.system()}"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self._target.coreml.input_type == "image":
+            x = _to_pixels(x, self._target)
+        return self._interp(x)
+
+
+class CoremlSession(Session):
+    measures_latency = True
+
+    def __init__(self, path: Path, target: TargetProfile) -> None:
+        ct = require("coremltools", "coreml")
+        units = target.runtime.compute_units or "ALL"
+        t0 = time.perf_counter()
+        self._model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, units))
+        self.load_seconds = time.perf_counter() - t0
+        spec = self._model.get_spec()
+        inp = spec.description.input[0]
+        self._input = inp.name
+        self._output = spec.description.output[0].name
+        self._image = inp.type.WhichOneof("Type") == "imageType"
+        self._target = target
+        shape = list(inp.type.multiArrayType.shape) if not self._image else [1]
+        self.fixed_batch = int(shape[0]) if shape else None
+        self.executor = f"macOS Core ML (compute units {units})"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not self._image:
+            return np.asarray(self._model.predict({self._input: x})[self._output], dtype=np.float32)
+        from PIL import Image
+
+        outs = []
+        for px in _to_pixels(x, self._target).astype(np.uint8):
+            img = Image.fromarray(px[0], "L") if px.shape[0] == 1 else Image.fromarray(px.transpose(1, 2, 0), "RGB")
+            outs.append(np.asarray(self._model.predict({self._input: img})[self._output], dtype=np.float32))
+        return np.concatenate(outs)
+
+
+class CoremlRuntime(Runtime):
+    name = "coreml"
+    format = "coreml"
+    extra = "coreml"
+
+    def unavailable_reason(self) -> str | None:
+        if importlib.util.find_spec("coremltools") is None:
+            return "coremltools is not installed (pip install 'edgeforge[coreml]')"
+        return None
+
+    def open(self, path: Path, target: TargetProfile) -> Session:
+        reason = self.unavailable_reason()
+        if reason:
+            raise RuntimeUnavailable(reason)
+        if coreml_framework_reason() is None:
+            return CoremlSession(path, target)
+        return ReferenceSession(path, target)
+
+    def inspect(self, path: Path) -> dict[str, Any]:
+        from ..coreml import load_program, missing_kernels
+
+        program = load_program(path)
+        return {"ops": program.histogram(), "opset": program.opset,
+                "ops_without_reference_kernel": missing_kernels(program)}
+
+
+RUNTIMES.add("coreml", CoremlRuntime)

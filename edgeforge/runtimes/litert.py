@@ -1,0 +1,93 @@
+"""LiteRT adapter: ai_edge_litert's Interpreter (XNNPACK on CPU) with the target's thread count.
+
+The session takes float32 NCHW and returns float32 logits whatever the file's I/O: it transposes to
+NHWC when the file's input is channel-last, quantizes int8/uint8 inputs and dequantizes quantized
+outputs with the scale and zero-point stored in the file, and resizes or pads to the file's batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import RuntimeUnavailable, require
+from ..targets import TargetProfile
+from .base import RUNTIMES, Runtime, Session
+
+
+class LiteRTSession(Session):
+    executor = "ai-edge-litert"
+
+    def __init__(self, path: Path, target: TargetProfile) -> None:
+        interp_mod = require("ai_edge_litert.interpreter", "tflite")
+        t0 = time.perf_counter()
+        self._it = interp_mod.Interpreter(model_path=str(path), num_threads=target.runtime.threads)
+        self._it.allocate_tensors()
+        self.load_seconds = time.perf_counter() - t0
+        self._in = self._it.get_input_details()[0]
+        self._out = self._it.get_output_details()[0]
+        self.nhwc = target.input.layout == "NHWC"
+        sig = [int(v) for v in self._in.get("shape_signature", self._in["shape"])]
+        self.fixed_batch = None if sig[0] == -1 else int(self._in["shape"][0])
+        self._batch = int(self._in["shape"][0])
+        import importlib.metadata as md
+
+        self.executor = f"ai-edge-litert {md.version('ai-edge-litert')} (XNNPACK, {target.runtime.threads} thread(s))"
+
+    @staticmethod
+    def _scale_zp(details: dict) -> tuple[float, int]:
+        scale, zp = details["quantization"]
+        return float(scale), int(zp)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if self.nhwc:
+            x = x.transpose(0, 2, 3, 1)
+        dtype = self._in["dtype"]
+        if dtype != np.float32:
+            scale, zp = self._scale_zp(self._in)
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(dtype)
+        x = np.ascontiguousarray(x)
+        if len(x) != self._batch:
+            if self.fixed_batch is not None:
+                raise ValueError(f"this LiteRT file takes batches of {self.fixed_batch}, got {len(x)}")
+            self._it.resize_tensor_input(self._in["index"], list(x.shape))
+            self._it.allocate_tensors()
+            self._batch = len(x)
+            self._out = self._it.get_output_details()[0]
+        self._it.set_tensor(self._in["index"], x)
+        self._it.invoke()
+        y = self._it.get_tensor(self._out["index"])
+        if self._out["dtype"] != np.float32:
+            scale, zp = self._scale_zp(self._out)
+            y = (y.astype(np.float32) - zp) * scale
+        return y.astype(np.float32, copy=True)
+
+
+class LiteRTRuntime(Runtime):
+    name = "litert"
+    format = "tflite"
+    extra = "tflite"
+
+    def unavailable_reason(self) -> str | None:
+        if importlib.util.find_spec("ai_edge_litert") is None:
+            return "ai-edge-litert is not installed (pip install 'edgeforge[tflite]')"
+        try:
+            importlib.import_module("ai_edge_litert.interpreter")
+        except Exception as exc:  # a broken install (e.g. a numpy ABI mismatch) is unavailable too
+            return f"ai_edge_litert.interpreter cannot be imported: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        return None
+
+    def open(self, path: Path, target: TargetProfile) -> Session:
+        reason = self.unavailable_reason()
+        if reason:
+            raise RuntimeUnavailable(reason)
+        return LiteRTSession(path, target)
+
+
+RUNTIMES.add("tflite", LiteRTRuntime)
