@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -30,10 +31,15 @@ def fill_default_args(ep: Any) -> Any:
 
     torch.export drops arguments equal to their defaults (``max_pool2d(x, [2, 2])``), and
     coremltools 9.0's torch frontend counts positional inputs ("max_pool2d got 2 input(s),
-    expected minimum 3"); spelling the defaults out is semantically a no-op.
+    expected minimum 3"); spelling the defaults out is semantically a no-op. Its gelu converter
+    also reads only positional inputs, so ``approximate="tanh"`` (keyword-only) silently became an
+    exact GELU (found by the reference interpreter: 5e-4 off); that GELU is spelled out in ATen ops.
     """
     for node in ep.graph_module.graph.nodes:
         if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        if node.target == torch.ops.aten.gelu.default and node.kwargs.get("approximate") == "tanh":
+            _spell_out_tanh_gelu(ep.graph_module.graph, node)
             continue
         positional = [a for a in node.target._schema.arguments if not a.kwarg_only]
         extra = []
@@ -45,6 +51,24 @@ def fill_default_args(ep: Any) -> Any:
             node.args = (*node.args, *extra)
     ep.graph_module.recompile()
     return ep
+
+
+def _spell_out_tanh_gelu(graph: Any, node: Any) -> None:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) in place of gelu(x, approximate="tanh")."""
+    aten = torch.ops.aten
+    x = node.args[0]
+    with graph.inserting_before(node):
+        def call(op: Any, *args: Any) -> Any:
+            n = graph.call_function(op, args)
+            n.meta = {k: v for k, v in node.meta.items() if k != "val"} | {"val": node.meta.get("val")}
+            return n
+
+        cube = call(aten.mul.Tensor, call(aten.mul.Tensor, x, x), x)
+        inner = call(aten.add.Tensor, x, call(aten.mul.Tensor, cube, 0.044715))
+        t = call(aten.tanh.default, call(aten.mul.Tensor, inner, math.sqrt(2 / math.pi)))
+        half, one_plus = call(aten.mul.Tensor, x, 0.5), call(aten.add.Tensor, t, 1.0)
+    # The gelu node itself becomes the last multiply: its name is what the program's signature outputs.
+    node.target, node.args, node.kwargs = aten.mul.Tensor, (half, one_plus), {}
 
 
 def op_histogram(spec: Any) -> dict[str, int]:

@@ -15,6 +15,8 @@ import io
 import logging
 import operator
 import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -293,12 +295,14 @@ class TfliteExporter(Exporter):
 
     def export(self, carrier: Carrier, target: TargetProfile, path: Path) -> ExportedArtifact:
         self._check(target)
-        litert_torch = require("litert_torch", "tflite")
-        require("ai_edge_litert", "tflite")
+        with _quiet():  # importing litert-torch logs from C++ (absl, oneDNN) straight to fd 2
+            litert_torch = require("litert_torch", "tflite")
+            require("ai_edge_litert", "tflite")
         if target.precision == "int8":
             if carrier.quantized is None:
                 raise ExportError(f"target {target.name}: int8 needs the QAT carrier, which this build did not produce")
-            model: torch.nn.Module = unfold_quantized_weights(carrier.quantized)
+            with _quiet():
+                model: torch.nn.Module = unfold_quantized_weights(carrier.quantized)
         else:
             model = copy.deepcopy(carrier.float_model)
         _set_eval(model)
@@ -325,7 +329,8 @@ class TfliteExporter(Exporter):
             kwargs["quant_config"] = QuantConfig(pt2e_quantizer=flag)
 
         try:
-            data = _quiet(lambda: litert_torch.convert(model, (example,), **kwargs).model_content())
+            with _quiet():
+                data = litert_torch.convert(model, (example,), **kwargs).model_content()
         except Exception as exc:
             if batch == "dynamic":
                 raise ExportError(
@@ -335,16 +340,21 @@ class TfliteExporter(Exporter):
             raise ExportError(f"target {target.name}: litert-torch conversion failed: {_first_line(exc)}") from None
 
         if target.precision == "fp16":
-            data = _quiet(lambda: fp16_weights(data))
+            with _quiet():
+                data = fp16_weights(data)
         elif target.precision == "int8":
             data = set_io_types(data, target.input.dtype, target.tflite.output_dtype)
-        path.write_bytes(data)
-
         info = describe(data)
+        got = (info["inputs"][0]["dtype"], info["outputs"][0]["dtype"])
+        want = (target.input.dtype, target.tflite.output_dtype)
+        if got != want:
+            raise ExportError(f"target {target.name}: the converted file has {got[0]} input / {got[1]} output, "
+                              f"the profile asks for {want[0]} / {want[1]} (litert-torch changed its int8 I/O?)")
         if target.precision != "int8":
             info.pop("float_ops")  # every op is float by design; the list is about int8 files
         elif info["float_ops"]:
             logging.getLogger(__name__).warning("%s: float ops left in the int8 file: %s", target.name, info["float_ops"])
+        path.write_bytes(data)
         import importlib.metadata as md
 
         versions = []
@@ -360,20 +370,30 @@ class TfliteExporter(Exporter):
         })
 
 
-def _quiet(fn: Any) -> Any:
-    """Run litert-torch with its progress lines and warnings off the console."""
-    buf = io.StringIO()
-    old = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Keep litert-torch's progress lines, C++ (absl) logs and warnings off the console.
+
+    The C++ side writes to file descriptors 1 and 2 directly, so those are redirected, not just
+    sys.stdout/sys.stderr; what was printed is dropped (failures are reported by the exception).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        with tempfile.TemporaryFile() as sink, warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            return fn()
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
     finally:
-        if old is None:
-            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-        else:
-            os.environ["TF_CPP_MIN_LOG_LEVEL"] = old
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 EXPORTERS.add("tflite", TfliteExporter)

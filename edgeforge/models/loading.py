@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +22,19 @@ def load_checkpoint(path: Path, *, trust: bool, key: str) -> Any:
         raise ModelError(f"{key}: checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise ModelError(f"{key}: checkpoint {path} is empty (0 bytes); re-save it with torch.save(model.state_dict(), ...)")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{key}: {path} is not a readable checkpoint (not a torch.save archive); "
+                         "re-save it with torch.save(model.state_dict(), ...)")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         if trust:
             raise ModelError(f"{key}: {path} is not a readable checkpoint ({exc})") from None
-        first = str(exc).strip().splitlines()[0][:160]
+        culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f"it references {culprit.group(1)}" if culprit else "it holds pickled objects or code"
         raise ModelError(
-            f"{key}: {path} was refused by torch.load(weights_only=True): it holds pickled objects or code "
-            f"({first}); save a plain state_dict, or set teacher.trust_checkpoint: true if you trust the file"
+            f"{key}: {path} was refused by torch.load(weights_only=True): {what}; save a plain state_dict, "
+            "or set teacher.trust_checkpoint: true only if you trust the file (it can run code)"
         ) from None
     except Exception as exc:
         raise ModelError(f"{key}: {path} is not a readable checkpoint ({type(exc).__name__}: {str(exc)[:160]})") from None
