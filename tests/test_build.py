@@ -143,3 +143,21 @@ def test_empty_split_and_nan_inputs(make_config, tmp_path: Path) -> None:  # typ
     np.savez(tmp_path / "nan.npz", x=x, y=np.zeros(4, np.int64))
     line = _one_line_error(_cli(make_config(**{"data.val": str(tmp_path / "nan.npz")})))
     assert "NaN or inf" in line
+
+
+def test_failing_target_is_recorded_and_others_go_on(make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    tdir = tmp_path / "mytargets"
+    tdir.mkdir()
+    (tdir / "onnx-nhwc.yaml").write_text("name: onnx-nhwc\nformat: onnx\nprecision: int8\ninput: {layout: NHWC}\n")
+    out = tmp_path / "out"
+    stale = out / "targets" / "onnx-nhwc" / "model.onnx"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left over from an older build")
+    cfg = make_config(**{"targets": ["onnx-nhwc", "onnx-cpu-int8"], "target_dirs": [str(tdir)]})
+    result = build(cfg, log=lambda _m: None)
+    assert result.exit_code == 1
+    bad, good = result.manifest["targets"]
+    assert bad["status"] == "failed" and "input.layout: NCHW" in bad["reason"] and "artifact" not in bad
+    assert not stale.exists(), "a failed target must not leave an older artifact behind"
+    assert good["status"] == "validated" and (out / good["artifact"]["path"]).is_file()
+    assert result.manifest["gate"]["errors"] == [f"onnx-nhwc: {bad['reason']}"]

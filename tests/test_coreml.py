@@ -164,7 +164,7 @@ def digits_qat():  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     student = STUDENTS.get("separable")(1, 10, width=16, depth=2)
     opt = torch.optim.Adam(student.parameters(), 1e-2)
-    for _ in range(8):
+    for _ in range(6):
         student.train()
         perm = torch.randperm(len(data.train))
         for i in range(0, len(perm), 64):
@@ -174,7 +174,8 @@ def digits_qat():  # type: ignore[no-untyped-def]
             loss.backward()
             opt.step()
     student.eval()
-    out = quantization_aware_training(student, None, data, data.train, QatConfig(epochs=2, lr=1e-3),
+    calibration = Split("calibration", data.train.x[:256], data.train.y[:256])
+    out = quantization_aware_training(student, None, data, calibration, QatConfig(epochs=1, lr=1e-3),
                                       temperature=3.0, alpha=0.5, show_progress=False)
     return data, student, out.converted
 
