@@ -29,6 +29,40 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+_LIMIT_FLAGS = {
+    "max_top1_drop": "max_top1_drop_points",
+    "max_retention_drop": "max_retention_drop",
+    "max_drift_increase": "max_drift_increase_points",
+    "max_latency_growth": "max_latency_growth",
+    "max_size_growth": "max_size_growth",
+}
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .cache import atomic_write_text
+    from .config import RegressionConfig, load_config
+    from .regression import check, to_junit, to_markdown
+
+    base = load_config(args.config).config.regression if args.config else RegressionConfig()
+    given = {field: getattr(args, flag) for flag, field in _LIMIT_FLAGS.items() if getattr(args, flag) is not None}
+    limits = base.model_copy(update=given)
+    result = check(args.manifest, args.baseline, limits)
+    for c in result.comparisons:
+        mark = "skip" if c.skipped else ("ok  " if c.passed else "FAIL")
+        print(f"{mark} {c.target}: {c.check}: {c.message}")
+    for note in result.notes:
+        print(f"note {note}")
+    if args.junit:
+        atomic_write_text(Path(args.junit), to_junit(result))
+    if args.markdown:
+        atomic_write_text(Path(args.markdown), to_markdown(result, args.manifest, args.baseline))
+    n = len(result.failures)
+    print(f"edgeforge check: {'regression in ' + str(n) + ' check(s)' if n else 'no regression'}", file=sys.stderr)
+    return result.exit_code
+
+
 def _cmd_targets(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -54,6 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted)")
     b.add_argument("--target", action="append", metavar="NAME", help="build only these targets (repeatable)")
     b.set_defaults(func=_cmd_build)
+    c = sub.add_parser("check", help="compare a build's manifest with a baseline; exit 0 ok, 2 regression, 1 error")
+    c.add_argument("manifest", help="manifest.json of the new build")
+    c.add_argument("--baseline", required=True, help="manifest.json of the release to compare against")
+    c.add_argument("--config", help="take the allowed deltas from this config's regression: section")
+    c.add_argument("--max-top1-drop", type=float, help="allowed top-1 drop in points (default 0.3)")
+    c.add_argument("--max-retention-drop", type=float, help="allowed retention drop (default 0.003)")
+    c.add_argument("--max-drift-increase", type=float, help="allowed |drift| increase in points (default 0.5)")
+    c.add_argument("--max-latency-growth", type=float, help="allowed relative p50/p90 growth (default 0.10)")
+    c.add_argument("--max-size-growth", type=float, help="allowed relative size growth (default 0.05)")
+    c.add_argument("--junit", metavar="FILE", help="write JUnit XML (one test case per target and check)")
+    c.add_argument("--markdown", metavar="FILE", help="write a short Markdown summary for a pull-request comment")
+    c.set_defaults(func=_cmd_check)
     t = sub.add_parser("targets", help="list the target profiles found")
     t.add_argument("--dir", action="append", default=[], help="an extra folder of profiles")
     t.set_defaults(func=_cmd_targets)

@@ -130,6 +130,16 @@ class GateConfig(Strict):
     max_size_kb: PositiveFloat | None = None
 
 
+class RegressionConfig(Strict):
+    """Allowed change of a build against a baseline manifest (edgeforge check, or baseline: in build)."""
+
+    max_top1_drop_points: float = Field(0.3, ge=0)
+    max_retention_drop: float = Field(0.003, ge=0)
+    max_drift_increase_points: float = Field(0.5, ge=0)
+    max_latency_growth: float = Field(0.10, ge=0, description="relative growth of p50 and p90, e.g. 0.10 = 10%")
+    max_size_growth: float = Field(0.05, ge=0)
+
+
 class ValidationConfig(Strict):
     warmup: int = Field(10, ge=0)
     runs: PositiveInt = 100
@@ -149,6 +159,8 @@ class BuildConfig(Strict):
     target_dirs: list[str] = Field(default_factory=list, description="extra folders of target profiles")
     gate: GateConfig = Field(default_factory=GateConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    baseline: str | None = Field(None, description="a previous manifest.json to check this build against")
+    regression: RegressionConfig = Field(default_factory=RegressionConfig)
     progress: bool = True
 
     @field_validator("targets")

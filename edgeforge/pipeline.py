@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from .cache import StageCache, atomic_copy, atomic_write_text, stage_key
 from .carrier import Carrier
 from .config import LoadedConfig, load_config
 from .data import DataBundle, calibration_split, load_data
-from .errors import EdgeforgeError, ExportError
+from .errors import EdgeforgeError, RuntimeUnavailable
 from .exporters import get_exporter
 from .exporters.base import temp_path_for
 from .factories import add_search_paths
@@ -33,7 +34,7 @@ from .runtimes import get_runtime
 from .runtimes.torch_ref import TorchSession
 from .targets import TargetProfile, resolve
 from .training import progress_enabled
-from .validate import Accuracy, artifact_metrics, measure_latency, sha256_file
+from .validate import Accuracy, artifact_digest, artifact_metrics, measure_latency, sha256_file
 
 EXIT_OK, EXIT_ERROR, EXIT_GATE = 0, 1, 2
 Log = Callable[[str], None]
@@ -111,7 +112,8 @@ def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": sys.version.split()[0]}
-    for pkg in ("edgeforge", "torch", "torchao", "numpy", "onnx", "onnxscript", "onnxruntime"):
+    for pkg in ("edgeforge", "torch", "torchao", "numpy", "onnx", "onnxscript", "onnxruntime", "coremltools",
+                "litert-torch", "ai-edge-litert"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -179,6 +181,13 @@ def _run_qat(plan: Plan, distill_key: str, cache: StageCache, log: Log) -> tuple
     return converted, record
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _validate_target(
     target: TargetProfile, carrier: Carrier, plan: Plan, out_dir: Path, refs: dict[str, Any], log: Log,
 ) -> dict[str, Any]:
@@ -193,17 +202,19 @@ def _validate_target(
     tmp = temp_path_for(path)
     t0 = time.perf_counter()
     try:
+        _remove(tmp)
         art = exporter.export(carrier, target, tmp)
+        _remove(path)
         os.replace(tmp, path)
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        path.unlink(missing_ok=True)  # never leave a previous build's file beside a failed export
+        _remove(tmp)
+        _remove(path)  # never leave a previous build's artifact beside a failed export
         reason = str(exc) if isinstance(exc, EdgeforgeError) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
         log(f"[{target.name}] export failed: {reason}")
         return {**entry, "status": "failed", "reason": reason, "checks": []}
     entry["export_seconds"] = time.perf_counter() - t0
-    entry["artifact"] = {"path": str(path.relative_to(out_dir)), "sha256": sha256_file(path),
-                         "size_bytes": path.stat().st_size, **art.info}
+    digest, size = artifact_digest(path)
+    entry["artifact"] = {"path": str(path.relative_to(out_dir)), "sha256": digest, "size_bytes": size, **art.info}
     runtime = get_runtime(target.format)
     reason = runtime.unavailable_reason()
     if reason:
@@ -213,6 +224,10 @@ def _validate_target(
     try:
         session = runtime.open(path, target)
         logits = session.run_all(plan.data.test.x.numpy(), cfg.validation.batch_size)
+    except RuntimeUnavailable as exc:
+        log(f"[{target.name}] unvalidated: {exc}")
+        return {**entry, "status": "unvalidated", "reason": str(exc),
+                "checks": [Check("validated", False, None, None, f"not run in its runtime: {exc}").as_dict()]}
     except Exception as exc:
         reason = str(exc) if isinstance(exc, EdgeforgeError) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
         log(f"[{target.name}] runtime failed: {reason}")
@@ -223,11 +238,18 @@ def _validate_target(
         logits=logits, labels=plan.data.test.y.numpy(), num_classes=plan.data.num_classes,
         teacher_top1=refs["teacher_top1"], reference_name=ref_name, reference_logits=refs[ref_name],
         qat_sim_top1=refs.get("qat_top1"), float_top1=refs["float_top1"])
-    lat = measure_latency(session, plan.data.test.x.numpy(), warmup=cfg.validation.warmup, runs=cfg.validation.runs,
-                          threads=target.runtime.threads, measured_on=target.latency.measured_on)
-    metrics["latency"] = lat.as_dict()
+    if session.measures_latency:
+        lat = measure_latency(session, plan.data.test.x.numpy(), warmup=cfg.validation.warmup,
+                              runs=cfg.validation.runs, threads=target.runtime.threads,
+                              measured_on=target.latency.measured_on)
+        metrics["latency"] = lat.as_dict()
+        lat_msg = f"p50 {lat.p50_ms:.3f} ms ({lat.measured_on})"
+    else:
+        metrics["latency"] = None
+        metrics["latency_note"] = session.latency_note
+        lat_msg = f"latency: {session.latency_note}"
     metrics["size_bytes"] = entry["artifact"]["size_bytes"]
-    metrics["compression_vs_teacher"] = plan.teacher_bytes / entry["artifact"]["size_bytes"]
+    metrics["compression_vs_teacher"] = plan.teacher_bytes / size
     entry["executor"] = session.executor
     entry["runtime_graph"] = runtime.inspect(path)
     entry["metrics"] = metrics
@@ -237,7 +259,7 @@ def _validate_target(
     verdict = "pass" if all(c.passed for c in checks) else "FAIL"
     log(f"[{target.name}] validated in {session.executor}: top-1 {metrics['top1']:.4f}, retention "
         f"{metrics['retention']:.4f}, drift {metrics['drift_points']:+.2f} pt, {metrics['size_bytes'] / 1024:.1f} KiB, "
-        f"p50 {lat.p50_ms:.3f} ms -> {verdict}")
+        f"{lat_msg} -> {verdict}")
     return entry
 
 
@@ -305,14 +327,23 @@ def build(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | None
 
     errors = [f"{e['name']}: {e['reason']}" for e in entries if e["status"] == "failed"]
     failures = [f"{e['name']}: {c['name']}: {c['message']}" for e in entries for c in e["checks"] if not c["passed"]]
-    exit_code = EXIT_ERROR if errors else (EXIT_GATE if failures else EXIT_OK)
     from .manifest import make_manifest
     from .report import render_report
 
     manifest = make_manifest(
         lc=lc, plan=plan, versions=_versions(), stage_times=stage_times,
         stages={"distill": distill_rec, "qat": qat_rec}, models=models, targets=entries,
-        gate={"passed": exit_code == EXIT_OK, "errors": errors, "failures": failures}, exit_code=exit_code)
+        gate={"passed": False, "errors": errors, "failures": failures}, exit_code=EXIT_ERROR)
+    if cfg.baseline:
+        from .regression import compare, read_manifest
+
+        reg = compare(manifest, read_manifest(lc.resolve(cfg.baseline), "baseline"), cfg.regression)
+        manifest["regression"] = {"baseline": str(lc.resolve(cfg.baseline)), "notes": reg.notes,
+                                  "comparisons": [vars(c) for c in reg.comparisons]}
+        failures += [f"{c.target}: regression {c.check}: {c.message}" for c in reg.failures]
+    exit_code = EXIT_ERROR if errors else (EXIT_GATE if failures else EXIT_OK)
+    manifest["gate"]["passed"] = exit_code == EXIT_OK
+    manifest["exit_code"] = exit_code
     manifest_path = out_dir / "manifest.json"
     report_path = out_dir / "report.md"
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=float) + "\n")

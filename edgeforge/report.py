@@ -43,7 +43,8 @@ def render_report(m: dict[str, Any]) -> str:
                          "| - | - | - | - | - | - | - | - | FAIL |")
             continue
         lat = mt.get("latency")
-        lat_s = f"{lat['p50_ms']:.3f} / {lat['p90_ms']:.3f} / {lat['p99_ms']:.3f} ({lat['measured_on']})" if lat else "-"
+        lat_s = (f"{lat['p50_ms']:.3f} / {lat['p90_ms']:.3f} / {lat['p99_ms']:.3f} ({lat['measured_on']})" if lat
+                 else mt.get("latency_note", "-"))
         lines.append(
             f"| {t['name']} | {t['format']} | {t['precision']} | {t['status']} | {_pct(mt['top1'])} | "
             f"{mt['retention']:.4f} | {mt['drift_points']:+.2f} vs {mt['reference']} | {mt['agreement'] * 100:.2f}% | "
@@ -61,7 +62,8 @@ def render_report(m: dict[str, Any]) -> str:
         for c in t["checks"]:
             val = f"{c['value']:.4g}" if isinstance(c["value"], float) else str(c["value"])
             lim = f"{c['limit']:.4g}" if isinstance(c["limit"], float) else str(c["limit"])
-            lines.append(f"| {t['name']} | {c['name']} | {val} | {lim} | {'pass' if c['passed'] else 'FAIL'} |")
+            verdict = "not checked" if c.get("skipped") else ("pass" if c["passed"] else "FAIL")
+            lines.append(f"| {t['name']} | {c['name']} | {val} | {lim} | {verdict} |")
     st = m["stages"]
     lines += [
         "",

@@ -67,6 +67,23 @@ def compare(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     }
 
 
+def artifact_digest(path: Path) -> tuple[str, int]:
+    """(sha256, bytes) of an artifact: a file, or a package folder such as .mlpackage.
+
+    A folder hashes its relative paths and file contents in sorted order, so the digest is stable
+    across machines; a plain file hashes as ``sha256sum`` would.
+    """
+    if path.is_file():
+        return sha256_file(path), path.stat().st_size
+    h = hashlib.sha256()
+    total = 0
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        h.update(bytes.fromhex(sha256_file(f)))
+        total += f.stat().st_size
+    return h.hexdigest(), total
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

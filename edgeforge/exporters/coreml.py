@@ -5,7 +5,6 @@ the QAT carrier (its quantize/dequantize ops and learned scales carried over, no
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import math
@@ -77,19 +76,6 @@ def op_histogram(spec: Any) -> dict[str, int]:
     for op in fn.block_specializations[fn.opset].operations:
         ops[op.type] = ops.get(op.type, 0) + 1
     return dict(sorted(ops.items()))
-
-
-def package_digest(path: Path) -> tuple[str, int]:
-    """(sha256, bytes) of a file or a package folder: relative paths and contents in sorted order."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    total = 0
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
-        data = f.read_bytes()
-        total += len(data)
-        h.update(hashlib.sha256(data).digest())
-    return h.hexdigest(), total
 
 
 def _input_type(ct: Any, carrier: Carrier, target: TargetProfile, shape: tuple[int, ...]) -> Any:
@@ -184,7 +170,6 @@ class CoremlExporter(Exporter):
             "specification_version": spec.specificationVersion,
             "input": {"name": opts.input_name, "type": opts.input_type, "layout": "NCHW", "shape": list(shape)},
             "output": {"name": opts.output_name, "dtype": "float32"},
-            "package_bytes": package_digest(path)[1],
             "exporter": f"coremltools {ct.__version__} (torch.export {torch.__version__})",
         })
 

@@ -22,6 +22,8 @@ class Session(ABC):
     executor: str = ""
     fixed_batch: int | None = None  # None: any batch size
     load_seconds: float = 0.0
+    measures_latency: bool = True  # False where timings would not be the device's (an emulator)
+    latency_note: str = ""
 
     @abstractmethod
     def run(self, x: np.ndarray) -> np.ndarray: ...

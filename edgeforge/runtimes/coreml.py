@@ -40,6 +40,7 @@ def _to_pixels(x: np.ndarray, target: TargetProfile) -> np.ndarray:
 
 class ReferenceSession(Session):
     measures_latency = False
+    latency_note = "needs macOS (the reference interpreter's timings are not Core ML's)"
 
     def __init__(self, path: Path, target: TargetProfile) -> None:
         from ..coreml import ReferenceInterpreter

@@ -51,7 +51,7 @@ def train_teacher(splits: dict[str, tuple[np.ndarray, np.ndarray]], epochs: int,
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * ((len(x) + 63) // 64))
     best, best_state = -1.0, None
-    for epoch in range(epochs):
+    for _ in range(epochs):
         model.train()
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 64):
