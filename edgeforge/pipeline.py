@@ -113,7 +113,7 @@ def _versions() -> dict[str, str]:
 
     out = {"python": sys.version.split()[0]}
     for pkg in ("edgeforge", "torch", "torchao", "numpy", "onnx", "onnxscript", "onnxruntime", "coremltools",
-                "litert-torch", "ai-edge-litert"):
+                "litert-torch", "ai-edge-litert", "ai-edge-quantizer"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -328,6 +328,7 @@ def build(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | None
     errors = [f"{e['name']}: {e['reason']}" for e in entries if e["status"] == "failed"]
     failures = [f"{e['name']}: {c['name']}: {c['message']}" for e in entries for c in e["checks"] if not c["passed"]]
     from .manifest import make_manifest
+    from .html_report import render_html
     from .report import render_report
 
     manifest = make_manifest(
@@ -348,6 +349,7 @@ def build(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | None
     report_path = out_dir / "report.md"
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=float) + "\n")
     atomic_write_text(report_path, render_report(manifest))
+    atomic_write_text(out_dir / "report.html", render_html(manifest))
     log(f"[done] {'PASS' if exit_code == 0 else 'FAIL'} in {stage_times['total']:.1f} s: {manifest_path}")
     for f in errors + failures:
         log(f"  - {f}")

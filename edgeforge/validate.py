@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class Latency:
     p99_ms: float
     mean_ms: float
     measured_on: str
+    samples_ms: list[float] = field(default_factory=list)  # every timed run, for distribution plots
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +56,8 @@ def measure_latency(session: Session, sample: np.ndarray, *, warmup: int, runs: 
         times[i] = time.perf_counter() - t0
     ms = times * 1e3
     return Latency(1, threads, warmup, runs, session.load_seconds * 1e3, float(np.percentile(ms, 50)),
-                   float(np.percentile(ms, 90)), float(np.percentile(ms, 99)), float(ms.mean()), measured_on)
+                   float(np.percentile(ms, 90)), float(np.percentile(ms, 99)), float(ms.mean()), measured_on,
+                   [round(float(v), 5) for v in ms])
 
 
 def compare(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:

@@ -1,0 +1,68 @@
+"""Latency where the device is: run the artifact on a remote device and bring the timings back.
+
+Two runners, each one small module that shells out to a standard client (no new dependency):
+
+- ``ssh``: Linux boards and servers with Python + onnxruntime / ai-edge-litert; copies the artifact
+  and ``device_bench.py`` with scp, runs it, parses its JSON line, removes the files.
+- ``adb``: Android devices with TFLite's ``benchmark_model`` binary already on the device.
+
+Both return a ``DeviceLatency`` whose ``as_dict()`` has the keys of ``edgeforge.validate.Latency``
+(what the manifest and the gate read) plus what the device said about itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import EdgeforgeError
+
+
+class RemoteError(EdgeforgeError):
+    """A remote latency run failed; the message names the device and the fix, on one line."""
+
+
+class DeviceUnreachable(RemoteError):
+    """No connection: unknown host, nothing listening, timeout, adb device absent or offline."""
+
+
+class DeviceAuthFailed(RemoteError):
+    """Connected, but the device refused the key (or the adb authorisation)."""
+
+
+class DeviceRuntimeMissing(RemoteError):
+    """The device lacks what the run needs: its Python, numpy, the runtime, or benchmark_model."""
+
+
+class DeviceBenchFailed(RemoteError):
+    """The benchmark ran but failed, timed out, or printed nothing that can be parsed."""
+
+
+@dataclass
+class DeviceLatency:
+    """Batch latency measured on a device. Percentiles the device tool does not print are None."""
+
+    batch: int
+    threads: int
+    warmup: int
+    runs: int
+    load_ms: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float
+    measured_on: str  # "ssh:user@host" or "adb:SERIAL"
+    runtime: str = ""
+    runtime_version: str = ""
+    device: str = ""  # the device's uname (and model name where adb gives it)
+    extra: dict[str, Any] = field(default_factory=dict)  # runner-specific, e.g. adb's p5/p95
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields of ``edgeforge.validate.Latency`` first, then the device's own."""
+        return asdict(self)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """Collapse a tool's (multi-line) message so an error stays one line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
