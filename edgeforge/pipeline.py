@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cache import StageCache, atomic_copy, atomic_write_text, stage_key
+from .cache import StageCache, atomic_copy, atomic_write_text, save_torch, stage_key
 from .carrier import Carrier
 from .config import LoadedConfig, load_config
 from .data import DataBundle, calibration_split, load_data
@@ -33,7 +33,7 @@ from .models.students import count_parameters
 from .runtimes import get_runtime
 from .runtimes.torch_ref import TorchSession
 from .targets import TargetProfile, resolve
-from .training import progress_enabled
+from .training import NonFiniteLoss, progress_enabled
 from .validate import Accuracy, artifact_digest, artifact_metrics, measure_latency, sha256_file
 
 EXIT_OK, EXIT_ERROR, EXIT_GATE = 0, 1, 2
@@ -125,6 +125,14 @@ def _when(record: dict[str, Any], cached: bool) -> str:
     return " (cached)" if cached else f" in {record['seconds']:.1f} s"
 
 
+def _keep_last_good(exc: NonFiniteLoss, path: Path) -> EdgeforgeError:
+    """Save the best state seen before training diverged, and say where it is."""
+    if not exc.last_good:
+        return EdgeforgeError(f"{exc} (it diverged in the first epoch: no checkpoint to keep)")
+    save_torch(exc.last_good, path)
+    return EdgeforgeError(f"{exc} (the last good checkpoint is kept in {path})")
+
+
 def _run_distill(plan: Plan, cache: StageCache, log: Log) -> tuple[nn.Module, dict[str, Any]]:
     from .distill import distill
 
@@ -134,9 +142,12 @@ def _run_distill(plan: Plan, cache: StageCache, log: Log) -> tuple[nn.Module, di
 
     def produce(folder: Path) -> dict[str, Any]:
         log(f"[distill] {cfg.distill.epochs} epochs, T={cfg.distill.temperature}, alpha={cfg.distill.alpha}")
-        out = distill(plan.teacher, plan.student, plan.data, cfg.distill, augmented=cfg.data.augmented,
-                      show_progress=progress_enabled(cfg.progress))
-        torch.save(out.student.state_dict(), folder / "student.pt")
+        try:
+            out = distill(plan.teacher, plan.student, plan.data, cfg.distill, augmented=cfg.data.augmented,
+                          show_progress=progress_enabled(cfg.progress))
+        except NonFiniteLoss as exc:
+            raise _keep_last_good(exc, cache.root.parent / "student_float.last_good.pt") from None
+        save_torch(out.student.state_dict(), folder / "student.pt")
         r = out.result
         return {"best_epoch": r.best_epoch, "best_val_top1": r.best_val_top1, "seconds": r.seconds,
                 "samples_per_second": r.samples_per_second, "history": [vars(h) for h in r.history]}
@@ -162,9 +173,12 @@ def _run_qat(plan: Plan, distill_key: str, cache: StageCache, log: Log) -> tuple
         log(f"[qat] {cfg.qat.epochs} epochs int8 QAT (w: per-channel symmetric, a: per-tensor affine"
             f"{', learned ranges' if cfg.qat.learn_ranges else ''})")
         calib = calibration_split(plan.data, cal)
-        out = quantization_aware_training(
-            plan.student, plan.teacher, plan.data, calib, cfg.qat,
-            temperature=cfg.distill.temperature, alpha=cfg.distill.alpha, show_progress=progress_enabled(cfg.progress))
+        try:
+            out = quantization_aware_training(
+                plan.student, plan.teacher, plan.data, calib, cfg.qat, temperature=cfg.distill.temperature,
+                alpha=cfg.distill.alpha, show_progress=progress_enabled(cfg.progress))
+        except NonFiniteLoss as exc:
+            raise _keep_last_good(exc, cache.root.parent / "student_qat.last_good.pt") from None
         save_carrier(out.converted, plan.data.train.x, str(folder / "student_qat.pt2"))
         r = out.result
         return {"best_epoch": r.best_epoch, "best_val_top1": r.best_val_top1, "seconds": r.seconds,
@@ -280,6 +294,20 @@ def build(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | None
         probe.unlink()
     except OSError as exc:
         raise EdgeforgeError(f"output: cannot write to {out_dir} ({exc.strerror}); set 'output' to a writable folder") from None
+    from .lock import OutputLock
+
+    try:
+        with OutputLock(out_dir):
+            return _build_locked(lc, plan, out_dir, stage_times, t_start, log)
+    except OSError as exc:  # a full disk, a folder made read-only mid-build
+        where = exc.filename or out_dir
+        raise EdgeforgeError(f"output: cannot write {where} ({exc.strerror or exc}); free space or set a "
+                             "different 'output' (finished stages stay cached)") from None
+
+
+def _build_locked(lc: LoadedConfig, plan: Plan, out_dir: Path, stage_times: dict[str, float], t_start: float,
+                  log: Log) -> BuildResult:
+    cfg = lc.config
     cache = StageCache(out_dir / "cache")
     log(f"[plan] {len(plan.targets)} target(s): {', '.join(t.name for t in plan.targets)}; "
         f"data {len(plan.data.train)}/{len(plan.data.val)}/{len(plan.data.test)} (train/val/test), "
@@ -311,7 +339,10 @@ def build(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | None
                              sha256=plan.teacher_digest)
     models["float_student"].update(parameters=count_parameters(student), path="student_float.pt",
                                    sha256=sha256_file(out_dir / "student_float.pt"))
-    models["qat_simulation"].update(path="student_qat.pt2", sha256=sha256_file(out_dir / "student_qat.pt2"))
+    from .quant.qat import carrier_digest
+
+    models["qat_simulation"].update(path="student_qat.pt2", sha256=sha256_file(out_dir / "student_qat.pt2"),
+                                    content_sha256=carrier_digest(converted))
     log(f"[reference] test top-1: teacher {refs['teacher_top1']:.4f}, float student {refs['float_top1']:.4f}, "
         f"QAT simulation {refs['qat_top1']:.4f}")
     stage_times["reference_eval"] = time.perf_counter() - t

@@ -85,7 +85,11 @@ class TrainResult:
 
 
 class NonFiniteLoss(EdgeforgeError):
-    pass
+    """Training diverged; ``last_good`` holds the best state seen before (empty if none)."""
+
+    def __init__(self, message: str, last_good: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.last_good = last_good
 
 
 def fit(
@@ -134,9 +138,11 @@ def fit(
             x, y = train.x[idx], train.y[idx]
             loss = step_loss(idx, x, y)
             if not torch.isfinite(loss):
+                if bar is not None:
+                    bar.close()
                 raise NonFiniteLoss(
-                    f"{stage}: the loss became {loss.item()} at epoch {epoch + 1}; lower {stage}.lr "
-                    "(the last good checkpoint is kept)"
+                    f"{stage}: the loss became {loss.item()} at epoch {epoch + 1}; lower {stage}.lr",
+                    result.best_state,
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

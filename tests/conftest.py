@@ -70,3 +70,13 @@ def make_config(tiny_assets: Path, tmp_path: Path):  # type: ignore[no-untyped-d
         return write_config(tmp_path / "edgeforge.yaml", tiny_config(tiny_assets, tmp_path / "out", **changes))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One real tiny build (ONNX fp32 + int8), shared by the tests that read its outputs."""
+    from edgeforge.pipeline import build
+
+    root = tmp_path_factory.mktemp("build")
+    cfg = write_config(root / "edgeforge.yaml", tiny_config(tiny_assets, root / "out"))
+    return cfg, build(cfg, log=lambda _m: None)

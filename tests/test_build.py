@@ -20,12 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
 
 
-@pytest.fixture(scope="module")
-def built(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("build")
-    cfg = write_config(root / "edgeforge.yaml", tiny_config(tiny_assets, root / "out"))
-    result = build(cfg, log=lambda _m: None)
-    return cfg, result
+@pytest.fixture
+def built(tiny_build):  # type: ignore[no-untyped-def]
+    return tiny_build
 
 
 def test_build_passes_and_writes_everything(built) -> None:  # type: ignore[no-untyped-def]

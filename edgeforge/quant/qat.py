@@ -9,12 +9,15 @@ learned scales). The converted graph is the carrier every int8 exporter reads.
 from __future__ import annotations
 
 import copy
+import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.export import Dim
 
+from ..cache import atomic_write_bytes
 from ..config import QatConfig
 from ..data import DataBundle, Split
 from ..errors import ModelError
@@ -118,7 +121,33 @@ def save_carrier(converted: torch.fx.GraphModule, example: torch.Tensor, path: s
     """Save the converted QAT graph as a torch.export program (dynamic batch)."""
     ex = example[:2]
     ep = torch.export.export(converted, (ex,), dynamic_shapes=({0: Dim("batch", min=1, max=1 << 16)},))
-    torch.export.save(ep, path)
+    buf = io.BytesIO()  # through memory: torch's zip writer aborts the process on a full disk
+    torch.export.save(ep, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def carrier_digest(gm: torch.fx.GraphModule) -> str:
+    """A content hash of the carrier (graph code + every tensor it reads).
+
+    torch.export's .pt2 files differ byte-wise between processes (a random serialization id and
+    object ids in provenance metadata), so identical carriers are recognised by content instead.
+    """
+    import hashlib
+
+    h = hashlib.sha256(gm.code.encode())
+    tensors = dict(gm.state_dict())
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            obj: object = gm
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, torch.Tensor):
+                tensors[str(node.target)] = obj
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(name.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def load_carrier(path: str) -> torch.fx.GraphModule:

@@ -52,6 +52,7 @@ class DeviceLatency:
     p99_ms: float | None
     mean_ms: float
     measured_on: str  # "ssh:user@host" or "adb:SERIAL"
+    samples_ms: list[float] = field(default_factory=list)  # every timed run; adb's tool prints none
     runtime: str = ""
     runtime_version: str = ""
     device: str = ""  # the device's uname (and model name where adb gives it)

@@ -30,14 +30,14 @@ class BenchError(Exception):
 def _resolve_shape(model_shape, hint):
     """The model's own shape; a dynamic dimension (None, a name, -1) takes the hint's value, else 1."""
     if hint is not None and len(hint) != len(model_shape):
-        raise BenchError("shape_mismatch", "the model's input has rank %d (%s) but the expected input shape is %s"
-                         % (len(model_shape), list(model_shape), list(hint)))
+        raise BenchError("shape_mismatch", f"the model's input has rank {len(model_shape)} ({list(model_shape)}) "
+                         f"but the expected input shape is {list(hint)}")
     out = []
     for i, d in enumerate(model_shape):
         static = isinstance(d, int) and d > 0
         if static and hint is not None and hint[i] != d:
-            raise BenchError("shape_mismatch", "the model's input shape is %s but the expected input shape is %s"
-                             % (list(model_shape), list(hint)))
+            raise BenchError("shape_mismatch", f"the model's input shape is {list(model_shape)} "
+                             f"but the expected input shape is {list(hint)}")
         out.append(d if static else (hint[i] if hint is not None else 1))
     return out
 
@@ -51,13 +51,12 @@ def _random_input(np, rng, shape, dtype):
         return rng.integers(max(info.min, -128), min(info.max, 255) + 1, size=shape, dtype=dt)
     if dt.kind == "b":
         return rng.integers(0, 2, size=shape).astype(dt)
-    raise BenchError("shape_mismatch", "input dtype %s is not supported by the benchmark" % dt)
+    raise BenchError("shape_mismatch", f"input dtype {dt} is not supported by the benchmark")
 
 
 def _check_dtype(model_dtype, hint):
     if hint is not None and str(model_dtype) != hint:
-        raise BenchError("shape_mismatch", "the model's input dtype is %s but the expected input dtype is %s"
-                         % (model_dtype, hint))
+        raise BenchError("shape_mismatch", f"the model's input dtype is {model_dtype} but the expected input dtype is {hint}")
 
 
 class _Onnx:
@@ -73,7 +72,7 @@ class _Onnx:
         try:
             self.sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
-            raise BenchError("load_failed", "onnxruntime could not load the model: %s" % _one_line(exc))
+            raise BenchError("load_failed", f"onnxruntime could not load the model: {_one_line(exc)}")
         self.load_ms = (time.perf_counter() - t0) * 1e3
         types = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
                  "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32",
@@ -84,8 +83,7 @@ class _Onnx:
         for i, inp in enumerate(self.sess.get_inputs()):
             dtype = types.get(inp.type)
             if dtype is None:
-                raise BenchError("load_failed", "input '%s' has type %s, which the benchmark cannot feed"
-                                 % (inp.name, inp.type))
+                raise BenchError("load_failed", f"input '{inp.name}' has type {inp.type}, which the benchmark cannot feed")
             shape = _resolve_shape(inp.shape, shape_hint if i == 0 else None)
             if i == 0:
                 _check_dtype(dtype, dtype_hint)
@@ -120,7 +118,7 @@ class _Tflite:
         except BenchError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise BenchError("load_failed", "%s could not load the model: %s" % (self.name, _one_line(exc)))
+            raise BenchError("load_failed", f"{self.name} could not load the model: {_one_line(exc)}")
         self.load_ms = (time.perf_counter() - t0) * 1e3
         rng = np.random.default_rng(0)
         self.inputs = []
@@ -160,7 +158,7 @@ def _import_first(names):
             return name
         except ImportError:
             continue
-    raise BenchError("missing_module", "%s is not installed in %s" % (" or ".join(names), sys.executable),
+    raise BenchError("missing_module", f"{' or '.join(names)} is not installed in {sys.executable}",
                      module=names[0])
 
 
@@ -168,7 +166,7 @@ def bench(args):
     try:
         import numpy as np
     except ImportError:
-        raise BenchError("missing_module", "numpy is not installed in %s" % sys.executable, module="numpy")
+        raise BenchError("missing_module", f"numpy is not installed in {sys.executable}", module="numpy")
     _import_first(RUNTIME_MODULES[args.format])
     shape_hint = [int(d) for d in args.shape.split(",")] if args.shape else None
     session = (_Onnx if args.format == "onnx" else _Tflite)(np, args.model, args.threads, shape_hint, args.dtype)
@@ -181,7 +179,7 @@ def bench(args):
             session.run()
             times[i] = time.perf_counter() - t0
     except Exception as exc:  # noqa: BLE001
-        raise BenchError("run_failed", "%s failed to run the model: %s" % (session.name, _one_line(exc)))
+        raise BenchError("run_failed", f"{session.name} failed to run the model: {_one_line(exc)}")
     ms = times * 1e3
     u = platform.uname()
     return {
@@ -192,9 +190,10 @@ def bench(args):
         # Same estimator as edgeforge.validate.measure_latency, so host and device numbers compare.
         "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
         "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
+        "samples_ms": [round(float(v), 5) for v in ms],
         "runtime": session.name, "runtime_version": session.version,
         "input_shape": session.input_shape, "input_dtype": session.input_dtype,
-        "uname": " ".join([u.system, u.node, u.release, u.machine]),
+        "uname": f"{u.system} {u.node} {u.release} {u.machine}",
         "python": platform.python_version(),
     }
 

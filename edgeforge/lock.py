@@ -1,0 +1,38 @@
+"""One build at a time per output folder: an advisory lock released when the process ends (even on SIGKILL)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+from .errors import EdgeforgeError
+
+
+class OutputLock:
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / ".edgeforge.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise EdgeforgeError(
+                f"output folder {self.path.parent} is in use by another edgeforge build (pid {holder}); "
+                "wait for it to finish or set a different 'output'"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,223 @@
+"""Measure TFLite latency on an Android device with adb and TFLite's ``benchmark_model`` binary.
+
+The binary must already be on the device (``adb push benchmark_model /data/local/tmp/ && adb shell
+chmod +x /data/local/tmp/benchmark_model``); its path is configurable. Per run: push the artifact,
+run ``benchmark_model --graph=... --num_threads=N --warmup_runs=W --num_runs=R``, parse its log,
+remove the artifact.
+
+benchmark_model treats ``--num_runs`` and ``--warmup_runs`` as minimums alongside ``--min_secs``
+(default 1 s) and ``--warmup_min_secs`` (0.5 s); both are set to 0 so the counts are the ones
+asked for (``max_secs``, 150 s by default, can still cut a very slow run short). The counts
+reported are the ones the tool printed.
+
+What the log gives, per ``tensorflow/lite/tools/benchmark/benchmark_model.cc`` and
+``xla/tsl/util/stats_calculator.h`` (lines may carry an ``INFO: `` prefix):
+
+    count=50 first=.. curr=.. min=.. max=.. avg=.. std=.. [p5=.. median=.. p95=..]   (warm-up, then runs)
+    Inference timings in us: Init: X, First inference: Y, Warmup (avg): Z, Inference (avg): W
+
+All in microseconds. Newer builds print p5/median/p95; none print p90 or p99, so ``p90_ms`` and
+``p99_ms`` are None here and p95 is in ``extra`` (an upper bound for p90). With
+``--enable_op_profiling`` the per-op tables add "Timings (microseconds): count=..." lines, which
+the parser skips.
+
+UNTESTED AGAINST A REAL DEVICE: no Android device is attached where this was written. The parser
+is tested on format examples built from the sources above, and the runner on a fake ``adb``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from . import (
+    DeviceAuthFailed,
+    DeviceBenchFailed,
+    DeviceLatency,
+    DeviceRuntimeMissing,
+    DeviceUnreachable,
+    RemoteError,
+    one_line,
+)
+
+ADB_SLACK_S = 60.0  # push of a few MB over USB, device info, clean-up
+
+
+@dataclass(frozen=True)
+class AdbDevice:
+    serial: str
+    benchmark_model: str = "/data/local/tmp/benchmark_model"
+    workdir: str = "/data/local/tmp"
+    adb: str = "adb"  # the adb client on this machine
+
+    @property
+    def label(self) -> str:
+        return f"adb:{self.serial}"
+
+    @property
+    def where(self) -> str:
+        return f"adb device {self.serial}"
+
+
+@dataclass
+class RunStats:
+    """One ``count=...`` line of benchmark_model, in microseconds; percentiles only on newer builds."""
+
+    count: int
+    first_us: float
+    curr_us: float
+    min_us: float
+    max_us: float
+    avg_us: float
+    std_us: float
+    p5_us: float | None = None
+    median_us: float | None = None
+    p95_us: float | None = None
+
+
+@dataclass
+class BenchmarkOutput:
+    init_us: float
+    first_inference_us: float | None  # absent from the older summary line
+    warmup_avg_us: float
+    inference_avg_us: float
+    warmup: RunStats | None
+    inference: RunStats | None
+
+
+_NUM = r"([-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|inf))"
+_SUMMARY = re.compile(rf"Inference timings in us: Init: {_NUM}, First inference: {_NUM}, "
+                      rf"Warmup \(avg\): {_NUM}, Inference \(avg\): {_NUM}")
+# Before ~TF 2.3 the summary read "Average inference timings in us: Warmup: Z, Init: X, Inference: W"
+# (or "no stats: W"); the TFLite docs still show it.
+_OLD_SUMMARY = re.compile(rf"Average inference timings in us: Warmup: {_NUM}, Init: {_NUM}, "
+                          rf"(?:Inference|no stats): {_NUM}")
+_STAT_LINE = re.compile(r"^\s*(?:[A-Z]+:\s+)?count=\d")  # not "Timings (microseconds): count=" (op profiling)
+_KV = re.compile(rf"(\w+)={_NUM}")
+
+
+def _stats(line: str) -> RunStats:
+    kv = {k: float(v) for k, v in _KV.findall(line)}
+    count = int(kv["count"])
+    if "min" not in kv:  # "count=N curr=X(all same)" or "count=0"
+        same = kv.get("curr", float("nan"))
+        return RunStats(count, same, same, same, same, same, 0.0)
+    return RunStats(count, kv["first"], kv["curr"], kv["min"], kv["max"], kv["avg"], kv["std"],
+                    kv.get("p5"), kv.get("median"), kv.get("p95"))
+
+
+def parse_benchmark_output(text: str) -> BenchmarkOutput:
+    """Parse benchmark_model's log; ValueError (with the tool's own ERROR line if any) when it has no result."""
+    stats = [_stats(ln) for ln in text.splitlines() if _STAT_LINE.match(ln)]
+    warmup, inference = (stats + [None, None])[:2]
+    if m := _SUMMARY.search(text):
+        init, first, warm, inf = (float(g) for g in m.groups())
+        return BenchmarkOutput(init, first, warm, inf, warmup, inference)
+    if m := _OLD_SUMMARY.search(text):
+        warm, init, inf = (float(g) for g in m.groups())
+        return BenchmarkOutput(init, warmup.first_us if warmup else None, warm, inf, warmup, inference)
+    errors = [ln.strip() for ln in text.splitlines() if "ERROR" in ln]
+    raise ValueError(errors[0] if errors else "no 'Inference timings in us' line in benchmark_model's output")
+
+
+def to_latency(out: BenchmarkOutput, *, device: AdbDevice, threads: int, warmup: int, runs: int, batch: int = 1,
+               device_info: str = "") -> DeviceLatency:
+    ms = 1e-3
+    inf = out.inference
+
+    def opt(v: float | None) -> float | None:
+        return None if v is None else v * ms
+
+    extra: dict[str, object] = {"benchmark_model": device.benchmark_model, "warmup_avg_ms": out.warmup_avg_us * ms,
+                                "first_inference_ms": opt(out.first_inference_us)}
+    if inf is not None:
+        extra.update(p5_ms=opt(inf.p5_us), p95_ms=opt(inf.p95_us), min_ms=inf.min_us * ms, max_ms=inf.max_us * ms,
+                     std_ms=inf.std_us * ms)
+    return DeviceLatency(
+        batch=batch, threads=threads, warmup=out.warmup.count if out.warmup else warmup,
+        runs=inf.count if inf else runs, load_ms=out.init_us * ms, p50_ms=opt(inf.median_us) if inf else None,
+        p90_ms=None, p99_ms=None, mean_ms=out.inference_avg_us * ms, measured_on=device.label,
+        runtime="tflite benchmark_model", runtime_version="", device=device_info, extra=extra,
+    )
+
+
+def measure_adb(artifact: Path, *, device: AdbDevice, threads: int, warmup: int, runs: int, batch: int = 1,
+                timeout: float = 600.0) -> DeviceLatency:
+    """Latency of a .tflite ``artifact`` on an Android device, timed by benchmark_model there.
+
+    benchmark_model feeds the model's own input shape; ``batch`` only labels the result.
+    """
+    artifact = Path(artifact)
+    if artifact.suffix != ".tflite" or not artifact.is_file():
+        raise ConfigError(f"{device.where}: {artifact} is not a .tflite file; adb latency runs TFLite models only")
+    if threads < 1 or warmup < 0 or runs < 1:
+        raise ConfigError(f"{device.where}: need threads >= 1, warmup >= 0, runs >= 1 (got {threads}, {warmup}, {runs})")
+    adb = _Adb(device)
+    adb.check_attached()
+    info = adb.shell("uname -srm; getprop ro.product.model", timeout=ADB_SLACK_S)
+    device_info = one_line(info.stdout, 200)
+    remote = f"{device.workdir.rstrip('/')}/edgeforge-{secrets.token_hex(4)}.tflite"
+    adb.run(["push", str(artifact), remote], timeout=ADB_SLACK_S + artifact.stat().st_size / 1e6, what="push")
+    try:
+        cmd = [device.benchmark_model, f"--graph={remote}", f"--num_threads={threads}", f"--warmup_runs={warmup}",
+               f"--num_runs={runs}", "--warmup_min_secs=0", "--min_secs=0"]
+        proc = adb.shell(shlex.join(cmd), timeout=timeout)
+    finally:
+        try:
+            adb.shell(f"rm -f {shlex.quote(remote)}", timeout=ADB_SLACK_S)
+        except RemoteError:
+            pass  # a failed clean-up must not hide the result or the original error
+    text = proc.stdout + "\n" + proc.stderr
+    try:
+        out = parse_benchmark_output(text)
+    except ValueError as exc:
+        low = text.lower()
+        if proc.returncode == 127 or "not found" in low or "inaccessible" in low or "permission denied" in low:
+            raise DeviceRuntimeMissing(
+                f"{device.where}: cannot run {device.benchmark_model} ({one_line(str(exc), 120)}); push TFLite's "
+                "benchmark_model there and chmod +x it, or set latency.adb.benchmark_model") from None
+        raise DeviceBenchFailed(f"{device.where}: benchmark_model gave no result: {one_line(str(exc))}") from None
+    return to_latency(out, device=device, threads=threads, warmup=warmup, runs=runs, batch=batch,
+                      device_info=device_info)
+
+
+class _Adb:
+    def __init__(self, device: AdbDevice) -> None:
+        self.device = device
+        if shutil.which(device.adb) is None:
+            raise RemoteError(f"'{device.adb}' is not installed on this machine; install Android platform tools "
+                              "(apt-get install -y adb)")
+
+    def run(self, args: list[str], *, timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+        argv = [self.device.adb, "-s", self.device.serial, *args]
+        try:
+            proc = subprocess.run(argv, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise DeviceBenchFailed(f"{self.device.where}: {what} did not finish within {timeout:.0f} s; check the "
+                                    "device, or lower validation.runs") from None
+        if what not in ("shell", "get-state") and proc.returncode != 0:
+            raise RemoteError(f"{self.device.where}: adb {what} failed ({one_line(proc.stderr or proc.stdout)})")
+        return proc
+
+    def shell(self, command: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
+        return self.run(["shell", command], timeout=timeout, what="shell")
+
+    def check_attached(self) -> None:
+        proc = self.run(["get-state"], timeout=ADB_SLACK_S, what="get-state")
+        state = proc.stdout.strip()
+        if proc.returncode == 0 and state == "device":
+            return
+        msg = (proc.stderr + " " + state).lower()
+        if "unauthorized" in msg:
+            raise DeviceAuthFailed(f"{self.device.where}: not authorised; accept the USB debugging prompt on the "
+                                   "device, then retry")
+        if "offline" in msg:
+            raise DeviceUnreachable(f"{self.device.where}: offline; reconnect it (or 'adb reconnect') and retry")
+        raise DeviceUnreachable(f"{self.device.where}: not attached ({one_line(proc.stderr or state, 120)}); "
+                                "'adb devices' lists the serials this machine sees; fix latency.adb.serial")
