@@ -20,6 +20,10 @@ code{font-size:.8rem;background:#f3f4f6;padding:0 .2rem}
 """
 
 
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def _e(v: Any) -> str:
     return html.escape(str(v))
 
@@ -171,7 +175,7 @@ def render_html(m: dict[str, Any]) -> str:
                          f"<td class=fail>{_e(t['status'])}: {_e(t.get('reason', ''))}</td><td colspan=6></td><td>{gate}</td></tr>")
             continue
         lat = mt.get("latency")
-        lat_s = (f"{lat['p50_ms']:.3f} / {lat['p90_ms']:.3f} / {lat['p99_ms']:.3f} ms ({_e(lat['measured_on'])})" if lat
+        lat_s = (f"{_ms(lat['p50_ms'])} / {_ms(lat['p90_ms'])} / {_ms(lat['p99_ms'])} ms ({_e(lat['measured_on'])})" if lat
                  else f"<span class=skip>{_e(mt.get('latency_note', 'not measured'))}</span>")
         parts.append(f"<tr><td>{_e(t['name'])}</td><td>{_e(t['format'])}</td><td>{_e(t['precision'])}</td>"
                      f"<td>{_e(t['status'])}</td><td>{_e(t.get('executor', ''))}</td>"
@@ -186,7 +190,7 @@ def render_html(m: dict[str, Any]) -> str:
     valid = [t for t in targets if t.get("metrics")]
     size_pts = [(t["name"], t["metrics"]["size_bytes"] / 1024, t["metrics"]["retention"], colours[t["name"]]) for t in valid]
     lat_pts = [(t["name"], t["metrics"]["latency"]["p50_ms"], t["metrics"]["retention"], colours[t["name"]])
-               for t in valid if t["metrics"].get("latency")]
+               for t in valid if (t["metrics"].get("latency") or {}).get("p50_ms") is not None]
     parts.append("<h2>Trade-offs</h2><div class=plots>")
     parts.append(f"<figure>{_scatter(size_pts, 'artifact size (KiB, log scale)', 'retention vs teacher', logx=True)}"
                  "<figcaption>Retention against size: up and to the left is better.</figcaption></figure>")

@@ -114,6 +114,10 @@ def _compare_target(name: str, n: dict[str, Any], o: dict[str, Any], lim: Regres
                               skipped=True))
     else:
         for p in ("p50_ms", "p90_ms"):
+            if nl.get(p) is None or ol.get(p) is None:
+                out.append(Comparison(name, f"latency_{p[:-3]}", True, f"{p[:-3]} not reported by the device tool",
+                                      skipped=True))
+                continue
             g = nl[p] / ol[p] - 1
             out.append(Comparison(name, f"latency_{p[:-3]}", g <= lim.max_latency_growth,
                                   f"{p[:-3]} latency {ol[p]:.4f} -> {nl[p]:.4f} ms ({g:+.1%}, allowed +{lim.max_latency_growth:.0%})",

@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:.2f}%"
 
@@ -43,7 +47,7 @@ def render_report(m: dict[str, Any]) -> str:
                          "| - | - | - | - | - | - | - | - | FAIL |")
             continue
         lat = mt.get("latency")
-        lat_s = (f"{lat['p50_ms']:.3f} / {lat['p90_ms']:.3f} / {lat['p99_ms']:.3f} ({lat['measured_on']})" if lat
+        lat_s = (f"{_ms(lat['p50_ms'])} / {_ms(lat['p90_ms'])} / {_ms(lat['p99_ms'])} ({lat['measured_on']})" if lat
                  else mt.get("latency_note", "-"))
         lines.append(
             f"| {t['name']} | {t['format']} | {t['precision']} | {t['status']} | {_pct(mt['top1'])} | "

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from .errors import ConfigError
 from .schema import Strict, parse, read_yaml
@@ -64,8 +64,41 @@ class DeviceSpec(Strict):
     minimum_os: str | None = None
 
 
+class SshSpec(Strict):
+    """A reachable Linux device with Python, numpy and the artifact's runtime installed."""
+
+    host: str
+    user: str
+    port: int = Field(22, ge=1, le=65535)
+    key: str | None = Field(None, description="private key file; default: the ssh client's keys / agent")
+    python: str = "python3"
+    workdir: str = Field("/tmp", pattern=r"^/")
+    connect_timeout: int = Field(10, ge=1)
+    known_hosts: str | None = Field(None, description="pin host keys with this known_hosts file")
+
+
+class AdbSpec(Strict):
+    """An Android device over adb with TFLite's benchmark_model binary pushed to it."""
+
+    serial: str
+    benchmark_model: str = "/data/local/tmp/benchmark_model"
+    workdir: str = "/data/local/tmp"
+    adb: str = "adb"
+
+
 class LatencySpec(Strict):
-    measured_on: Literal["host"] = "host"
+    measured_on: Literal["host", "ssh", "adb"] = Field(
+        "host", description="host: this machine, labelled as such; ssh/adb: the device itself")
+    ssh: SshSpec | None = None
+    adb: AdbSpec | None = None
+
+    @model_validator(mode="after")
+    def _runner_given(self) -> LatencySpec:
+        if self.measured_on == "ssh" and self.ssh is None:
+            raise ValueError("measured_on: ssh needs latency.ssh: {host, user, key, python}")
+        if self.measured_on == "adb" and self.adb is None:
+            raise ValueError("measured_on: adb needs latency.adb: {serial, benchmark_model}")
+        return self
 
 
 class TargetProfile(Strict):
@@ -81,6 +114,14 @@ class TargetProfile(Strict):
     tflite: TfliteOptions = Field(default_factory=TfliteOptions)
     budgets: Budgets = Field(default_factory=Budgets)
     latency: LatencySpec = Field(default_factory=LatencySpec)
+
+    @model_validator(mode="after")
+    def _runner_fits_format(self) -> TargetProfile:
+        if self.latency.measured_on == "adb" and self.format != "tflite":
+            raise ValueError("latency.measured_on: adb runs TFLite's benchmark_model; use it with format: tflite")
+        if self.latency.measured_on == "ssh" and self.format == "coreml":
+            raise ValueError("latency.measured_on: ssh measures onnx or tflite artifacts; Core ML needs macOS")
+        return self
 
 
 def builtin_target_dir() -> Path:

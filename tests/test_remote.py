@@ -411,3 +411,37 @@ def test_adb_errors_are_one_line(fake_adb: tuple[Path, Path], tmp_path: Path) ->
     with pytest.raises(RemoteError) as exc:
         measure_adb(model, device=AdbDevice("FAKE123", adb=str(tmp_path / "no-adb")), threads=1, warmup=1, runs=1)
     _one_line_naming(exc, "apt-get install -y adb")
+
+
+def test_build_measures_latency_on_the_ssh_device(sshd: dict[str, object], make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A whole build whose int8 target is timed on the device; host latency is kept, labelled host."""
+    pytest.importorskip("onnxruntime")
+    import yaml
+
+    from edgeforge.pipeline import build
+
+    (Path(sshd["dir"]) / "remote").mkdir(exist_ok=True)  # type: ignore[arg-type]
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    ssh = {"host": "127.0.0.1", "port": sshd["port"], "user": getpass.getuser(), "key": str(sshd["key"]),
+           "python": sys.executable, "workdir": str(Path(sshd["dir"]) / "remote")}  # type: ignore[arg-type]
+    (profiles / "board-int8.yaml").write_text(yaml.safe_dump({
+        "name": "board-int8", "format": "onnx", "precision": "int8", "runtime": {"threads": 1},
+        "latency": {"measured_on": "ssh", "ssh": ssh}, "budgets": {"latency_p90_ms": 1000}}))
+    cfg = make_config(targets=["board-int8"], target_dirs=[str(profiles)])
+    result = build(cfg, log=lambda _m: None)
+    assert result.exit_code == 0, result.failures
+    t = result.manifest["targets"][0]
+    assert t["metrics"]["latency"]["measured_on"] == f"ssh:{getpass.getuser()}@127.0.0.1"
+    assert t["metrics"]["host_latency"]["measured_on"] == "host"
+    assert any(c["name"] == "latency_p90" and "ssh:" in c["message"] for c in t["checks"])
+    # an unreachable device fails the build's latency check with the reason, accuracy still validated
+    ssh["port"] = _free_port()
+    (profiles / "board-int8.yaml").write_text(yaml.safe_dump({
+        "name": "board-int8", "format": "onnx", "precision": "int8",
+        "latency": {"measured_on": "ssh", "ssh": ssh}}))
+    result = build(cfg, log=lambda _m: None)
+    assert result.exit_code == 2
+    t = result.manifest["targets"][0]
+    assert t["status"] == "validated" and t["metrics"]["latency"] is None
+    assert any("device_latency" in f and "127.0.0.1" in f for f in result.failures)
