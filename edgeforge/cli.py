@@ -25,8 +25,18 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 def _cmd_build(args: argparse.Namespace) -> int:
     from .pipeline import build
 
-    result = build(args.config, overrides=_parse_set(args.set), targets=args.target or None)
+    result = build(args.config, overrides=_parse_set(args.set), targets=args.target or None,
+                   all_targets=args.all_targets)
     return result.exit_code
+
+
+def _cmd_preflight(args: argparse.Namespace) -> int:
+    from .pipeline import preflight
+
+    results = preflight(args.config, overrides=_parse_set(args.set), targets=args.target or None,
+                        all_targets=args.all_targets)
+    print(f"preflight: {len(results)} target(s) can take the student")
+    return 0
 
 
 _LIMIT_FLAGS = {
@@ -71,8 +81,14 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     rows = []
     for name, path in available([Path(d) for d in args.dir]).items():
         p = load_profile(path)
-        rows.append((name, p.format, p.precision, p.input.layout, str(p.runtime.threads), p.device.name))
-    head = ("name", "format", "precision", "layout", "threads", "device")
+        b = p.budgets
+        budgets = ", ".join(x for x in (f"p90<={b.latency_p90_ms}ms" if b.latency_p90_ms else "",
+                                         f"size<={b.size_kb}KiB" if b.size_kb else "",
+                                         f"retention>={b.min_retention}" if b.min_retention else "") if x) or "-"
+        rows.append((name, p.format, p.precision, f"{p.input.layout}/{p.input.dtype}/b{p.input.batch}",
+                     str(p.runtime.threads), p.runtime.compute_units or "-", p.device.minimum_os or "-",
+                     p.latency.measured_on, budgets, p.device.name))
+    head = ("name", "format", "precision", "input", "threads", "units", "min os", "latency", "budgets", "device")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -87,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("config")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted)")
     b.add_argument("--target", action="append", metavar="NAME", help="build only these targets (repeatable)")
+    b.add_argument("--all-targets", action="store_true", help="build every target profile found")
     b.set_defaults(func=_cmd_build)
+    p = sub.add_parser("preflight", help="export the untrained student for every target, before any training")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--target", action="append", metavar="NAME")
+    p.add_argument("--all-targets", action="store_true")
+    p.set_defaults(func=_cmd_preflight)
     c = sub.add_parser("check", help="compare a build's manifest with a baseline; exit 0 ok, 2 regression, 1 error")
     c.add_argument("manifest", help="manifest.json of the new build")
     c.add_argument("--baseline", required=True, help="manifest.json of the release to compare against")

@@ -161,6 +161,7 @@ class BuildConfig(Strict):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     baseline: str | None = Field(None, description="a previous manifest.json to check this build against")
     regression: RegressionConfig = Field(default_factory=RegressionConfig)
+    preflight: bool = Field(True, description="export the untrained student for every target before training")
     progress: bool = True
 
     @field_validator("targets")

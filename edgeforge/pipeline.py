@@ -133,6 +133,25 @@ def _keep_last_good(exc: NonFiniteLoss, path: Path) -> EdgeforgeError:
     return EdgeforgeError(f"{exc} (the last good checkpoint is kept in {path})")
 
 
+def _run_preflight(plan: Plan, cache: StageCache, log: Log) -> dict[str, Any]:
+    from .preflight import PreflightFailed, run_preflight
+
+    cfg = plan.lc.config
+    key = stage_key("preflight", student=cfg.student.model_dump(mode="json"), shape=list(plan.data.input_shape),
+                    classes=plan.data.num_classes, targets=[t.model_dump(mode="json") for t in plan.targets],
+                    versions=_versions())
+    hit = cache.lookup("preflight", key)
+    if hit is not None:
+        log(f"[preflight] {len(plan.targets)} target(s) ok (cached)")
+        return {**json.loads((hit / "done.json").read_text()), "cached": True}
+    results = run_preflight(plan, log)
+    failed = [r.message for r in results if not r.ok]
+    if failed:
+        raise PreflightFailed(failed)
+    _, record, _ = cache.run("preflight", key, lambda _f: {"ran": True, "targets": [r.as_dict() for r in results]})
+    return {**record, "cached": False}
+
+
 def _run_distill(plan: Plan, cache: StageCache, log: Log) -> tuple[nn.Module, dict[str, Any]]:
     from .distill import distill
 
@@ -289,14 +308,34 @@ def _validate_target(
     return entry
 
 
+def all_target_names(lc: LoadedConfig) -> list[str]:
+    from .targets import available
+
+    return list(available([lc.resolve(d) for d in lc.config.target_dirs]))
+
+
+def preflight(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | None = None,
+              targets: list[str] | None = None, all_targets: bool = False, log: Log = _stderr) -> list[Any]:
+    """Check every target can take the (untrained) student; raises PreflightFailed naming each problem."""
+    from .preflight import PreflightFailed, run_preflight
+
+    lc = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
+    plan = plan_build(lc, all_target_names(lc) if all_targets else targets)
+    results = run_preflight(plan, log)
+    failed = [r.message for r in results if not r.ok]
+    if failed:
+        raise PreflightFailed(failed)
+    return results
+
+
 def build(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | None = None,
-          targets: list[str] | None = None, log: Log = _stderr) -> BuildResult:
+          targets: list[str] | None = None, all_targets: bool = False, log: Log = _stderr) -> BuildResult:
     lc = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
     cfg = lc.config
     t_start = time.perf_counter()
     stage_times: dict[str, float] = {}
     t = time.perf_counter()
-    plan = plan_build(lc, targets)
+    plan = plan_build(lc, all_target_names(lc) if all_targets else targets)
     stage_times["plan"] = time.perf_counter() - t
     out_dir = lc.output_dir
     try:
@@ -325,6 +364,11 @@ def _build_locked(lc: LoadedConfig, plan: Plan, out_dir: Path, stage_times: dict
         f"data {len(plan.data.train)}/{len(plan.data.val)}/{len(plan.data.test)} (train/val/test), "
         f"{plan.data.num_classes} classes")
 
+    preflight_rec: dict[str, Any] = {"ran": False}
+    if cfg.preflight:
+        t = time.perf_counter()
+        preflight_rec = _run_preflight(plan, cache, log)
+        stage_times["preflight"] = time.perf_counter() - t
     t = time.perf_counter()
     student, distill_rec = _run_distill(plan, cache, log)
     stage_times["distill"] = time.perf_counter() - t
@@ -376,7 +420,7 @@ def _build_locked(lc: LoadedConfig, plan: Plan, out_dir: Path, stage_times: dict
 
     manifest = make_manifest(
         lc=lc, plan=plan, versions=_versions(), stage_times=stage_times,
-        stages={"distill": distill_rec, "qat": qat_rec}, models=models, targets=entries,
+        stages={"preflight": preflight_rec, "distill": distill_rec, "qat": qat_rec}, models=models, targets=entries,
         gate={"passed": False, "errors": errors, "failures": failures}, exit_code=EXIT_ERROR)
     if cfg.baseline:
         from .regression import compare, read_manifest

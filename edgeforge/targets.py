@@ -38,6 +38,8 @@ class TfliteOptions(Strict):
     """LiteRT options: the model's output dtype (input dtype and layout come from ``input``)."""
 
     output_dtype: Literal["float32", "int8", "uint8"] = "float32"
+    allow_float_ops: bool = Field(
+        False, description="accept float ops inside a full-int8 file (they fall back to the CPU on an NPU/DSP)")
 
 
 class CoremlOptions(Strict):
