@@ -67,9 +67,11 @@ def _scatter(points: list[tuple[str, float, float, str]], xlabel: str, ylabel: s
     out.append(f'<text x="{(ml + w - mr) / 2}" y="{h - 10}" font-size="12" text-anchor="middle">{_e(xlabel)}</text>')
     out.append(f'<text x="14" y="{(mt + h - mb) / 2}" font-size="12" text-anchor="middle" '
                f'transform="rotate(-90 14 {(mt + h - mb) / 2})">{_e(ylabel)}</text>')
+    labelled = len(points) <= 6  # beyond that, names overlap: the legend below and tooltips name them
     for (label, _, y, colour), x in zip(points, xs, strict=True):
         out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="6" fill="{colour}" fill-opacity=".8"><title>{_e(label)}</title></circle>')
-        out.append(f'<text x="{sx(x) + 8:.1f}" y="{sy(y) - 8:.1f}" font-size="10">{_e(label)}</text>')
+        if labelled:
+            out.append(f'<text x="{sx(x) + 8:.1f}" y="{sy(y) - 8:.1f}" font-size="10">{_e(label)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -109,7 +111,7 @@ def _latency_boxes(rows: list[tuple[str, list[float], str]], w: int = 1040) -> s
     return "".join(out)
 
 
-def _per_class_bars(names: list[str], series: list[tuple[str, list[float], str]], w: int = 1040, h: int = 300) -> str:
+def _per_class_bars(names: list[str], series: list[tuple[str, list[float], str]], w: int = 1040, h: int = 280) -> str:
     """Grouped bars: per-class top-1 change (points) of each artifact vs the teacher."""
     if not series or not names:
         return "<p>No validated artifacts.</p>"
@@ -135,12 +137,22 @@ def _per_class_bars(names: list[str], series: list[tuple[str, list[float], str]]
             y0, y1 = sorted((sy(0), sy(v)))
             out.append(f'<rect x="{gx + si * bar_w:.1f}" y="{y0:.1f}" width="{bar_w * 0.9:.1f}" height="{max(0.5, y1 - y0):.1f}" '
                        f'fill="{colour}"><title>{_e(label)}, class {_e(cname)}: {v:+.2f} pt</title></rect>')
-    for si, (label, _, colour) in enumerate(series):
-        x = ml + si * 190
-        out.append(f'<rect x="{x}" y="{h - 22}" width="10" height="10" fill="{colour}"/>'
-                   f'<text x="{x + 14}" y="{h - 13}" font-size="11">{_e(label)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def colours(n: int) -> list[str]:
+    """n distinguishable colours: the palette first, then golden-angle hues."""
+    if n <= len(PALETTE):
+        return PALETTE[:n]
+    return [f"hsl({(i * 137.508) % 360:.0f},70%,{42 + 10 * (i % 2)}%)" for i in range(n)]
+
+
+def legend(items: list[tuple[str, str]]) -> str:
+    return ("<div style='display:flex;flex-wrap:wrap;gap:.3rem 1rem;font-size:.8rem;margin:.4rem 0'>"
+            + "".join(f"<span><span style='display:inline-block;width:.8rem;height:.8rem;background:{c};"
+                      f"margin-right:.3rem;vertical-align:middle'></span>{_e(n)}</span>" for n, c in items)
+            + "</div>")
 
 
 def render_html(m: dict[str, Any]) -> str:
@@ -148,7 +160,7 @@ def render_html(m: dict[str, Any]) -> str:
     verdict = "PASS" if ok else ("FAIL (gate)" if m["exit_code"] == 2 else "FAIL (error)")
     models = m["models"]
     targets = m["targets"]
-    colours = {t["name"]: PALETTE[i % len(PALETTE)] for i, t in enumerate(targets)}
+    palette = dict(zip([t["name"] for t in targets], colours(len(targets)), strict=True))
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>edgeforge: {_e(m['name'])}</title>",
              f"<style>{CSS}</style></head><body>",
              f"<h1>edgeforge build: {_e(m['name'])} <span class='verdict' style='background:{'#15803d' if ok else '#b91c1c'}'>{verdict}</span></h1>",
@@ -188,23 +200,25 @@ def render_html(m: dict[str, Any]) -> str:
     if failures:
         parts.append("<ul>" + "".join(f"<li class=fail>{_e(f)}</li>" for f in failures) + "</ul>")
     valid = [t for t in targets if t.get("metrics")]
-    size_pts = [(t["name"], t["metrics"]["size_bytes"] / 1024, t["metrics"]["retention"], colours[t["name"]]) for t in valid]
-    lat_pts = [(t["name"], t["metrics"]["latency"]["p50_ms"], t["metrics"]["retention"], colours[t["name"]])
+    size_pts = [(t["name"], t["metrics"]["size_bytes"] / 1024, t["metrics"]["retention"], palette[t["name"]]) for t in valid]
+    lat_pts = [(t["name"], t["metrics"]["latency"]["p50_ms"], t["metrics"]["retention"], palette[t["name"]])
                for t in valid if (t["metrics"].get("latency") or {}).get("p50_ms") is not None]
     parts.append("<h2>Trade-offs</h2><div class=plots>")
     parts.append(f"<figure>{_scatter(size_pts, 'artifact size (KiB, log scale)', 'retention vs teacher', logx=True)}"
                  "<figcaption>Retention against size: up and to the left is better.</figcaption></figure>")
     parts.append(f"<figure>{_scatter(lat_pts, 'p50 latency (ms, host)', 'retention vs teacher')}"
                  "<figcaption>Retention against batch-1 latency where it was measured (host latency is not the device's).</figcaption></figure>")
-    parts.append("</div><h2>Latency distributions</h2>")
-    parts.append(_latency_boxes([(t["name"], (t["metrics"].get("latency") or {}).get("samples_ms", []), colours[t["name"]])
+    parts.append("</div>" + legend([(t["name"], palette[t["name"]]) for t in valid]))
+    parts.append("<h2>Latency distributions</h2>")
+    parts.append(_latency_boxes([(t["name"], (t["metrics"].get("latency") or {}).get("samples_ms", []), palette[t["name"]])
                                  for t in valid]))
     parts.append("<p style='font-size:.8rem;color:#555'>Whiskers p1-p99, box p25-p75, bar the median; batch 1 after warm-up.</p>")
     teacher_pc = models["teacher"]["per_class_top1"]
     series = [(t["name"], [(a - b) * 100 for a, b in zip(t["metrics"]["per_class_top1"], teacher_pc, strict=True)],
-               colours[t["name"]]) for t in valid]
+               palette[t["name"]]) for t in valid]
     parts.append("<h2>Per-class top-1 change vs the teacher (points)</h2>")
     parts.append(_per_class_bars(m["data"]["class_names"], series))
+    parts.append(legend([(name, colour) for name, _, colour in series]))
     parts.append("<h2>Reproducibility</h2><table><tr><th>item</th><th>value</th></tr>")
     rows = [("config sha256", m["config"]["sha256"]), ("data sha256", m["data"]["sha256"]),
             ("seeds", f"distill {m['seed']['distill']}, QAT {m['seed']['qat']}")]
