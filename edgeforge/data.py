@@ -114,7 +114,8 @@ def _load_image_folder(name: str, path: Path, cfg: DataConfig, classes: list[str
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise DataError(f"{path}: class folders {', '.join(unknown)} are not in the training classes")
-    assert cfg.image_size is not None  # checked by DataConfig
+    if cfg.image_size is None:
+        raise DataError("data.image_size: image_folder data needs image_size: [height, width]")
     h, w = cfg.image_size
     xs, ys = [], []
     for label, cls in enumerate(classes):
@@ -137,7 +138,8 @@ def _load_image_folder(name: str, path: Path, cfg: DataConfig, classes: list[str
 
 
 def _load_factory(name: str, cfg: DataConfig) -> Split:
-    assert cfg.factory is not None
+    if cfg.factory is None:
+        raise DataError("data.factory: kind 'factory' needs a factory: package.module:function")
     dataset = call_factory(cfg.factory, "data.factory", name)
     xs, ys = [], []
     try:

@@ -11,7 +11,7 @@ from .validate import sha256_file
 
 if TYPE_CHECKING:
     from .config import LoadedConfig
-    from .pipeline import Plan
+    from .plan import Plan
 
 SCHEMA = "edgeforge.manifest/1"
 

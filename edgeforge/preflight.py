@@ -24,7 +24,7 @@ from .runtimes import get_runtime
 from .targets import TargetProfile
 
 if TYPE_CHECKING:
-    from .pipeline import Plan
+    from .plan import Plan
 
 
 class PreflightFailed(EdgeforgeError):

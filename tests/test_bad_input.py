@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
 from edgeforge.cli import main
+
+from conftest import tiny_config
 from tiny_models import make_patterns
 
 pytestmark = pytest.mark.onnx

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from edgeforge.pipeline import build
-from conftest import tiny_config, write_config
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow
@@ -150,7 +149,8 @@ def test_failing_target_is_recorded_and_others_go_on(make_config, tmp_path: Path
     stale = out / "targets" / "onnx-nhwc" / "model.onnx"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left over from an older build")
-    cfg = make_config(**{"targets": ["onnx-nhwc", "onnx-cpu-int8"], "target_dirs": [str(tdir)]})
+    # preflight would stop this build before training; switch it off to exercise a failing export
+    cfg = make_config(**{"targets": ["onnx-nhwc", "onnx-cpu-int8"], "target_dirs": [str(tdir)], "preflight": False})
     result = build(cfg, log=lambda _m: None)
     assert result.exit_code == 1
     bad, good = result.manifest["targets"]

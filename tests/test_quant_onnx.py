@@ -12,6 +12,7 @@ from edgeforge.data import DataBundle, Split
 from edgeforge.models.students import STUDENTS
 from edgeforge.quant.qat import load_carrier, quantization_aware_training, save_carrier
 from edgeforge.targets import TargetProfile
+
 from tiny_models import make_patterns, train_teacher
 
 pytest.importorskip("onnxruntime")

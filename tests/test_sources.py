@@ -14,6 +14,7 @@ from edgeforge.distill import distill
 from edgeforge.errors import ConfigError, DataError
 from edgeforge.models.loading import load_teacher
 from edgeforge.pipeline import plan_build
+
 from tiny_models import make_patterns, teacher
 
 

@@ -66,8 +66,8 @@ def train_teacher(splits: dict[str, tuple[np.ndarray, np.ndarray]], epochs: int,
             acc = float((model(xv).argmax(1) == yv).float().mean())
         if acc >= best:
             best, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
-    assert best_state is not None
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return model.eval()
 
 
