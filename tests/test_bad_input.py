@@ -72,7 +72,7 @@ def _files(tmp: Path) -> dict[str, Path]:
     (tmp / "targets").mkdir()
     (tmp / "targets" / "bad-field.yaml").write_text("name: bad-field\nformat: onnx\nprecision: int8\nruntime: {threads: 0}\n")
     (tmp / "targets" / "renamed.yaml").write_text("name: other-name\nformat: onnx\nprecision: int8\n")
-    (tmp / "targets" / "onnx-fp16.yaml").write_text("name: onnx-fp16\nformat: onnx\nprecision: fp16\n")
+    (tmp / "targets" / "onnx-nhwc.yaml").write_text("name: onnx-nhwc\nformat: onnx\nprecision: int8\ninput: {layout: NHWC}\n")
     (tmp / "targets" / "weird.yaml").write_text("name: weird\nformat: tensorrt\nprecision: int8\n")
     (tmp / "factories.py").write_text(
         "import torch\n"
@@ -138,7 +138,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-target", {"targets": ["pixel-99"]}, "unknown target 'pixel-99'; available:"),
     ("target-bad-field", {"targets": ["bad-field"]}, "bad-field.yaml: runtime.threads"),
     ("target-name-mismatch", {"targets": ["renamed"]}, "name 'other-name' differs from the file name"),
-    ("target-precision-unsupported", {"targets": ["onnx-fp16"]}, "onnx precision 'fp16' is not supported (supported: fp32, int8)"),
+    ("target-layout-unsupported", {"targets": ["onnx-nhwc"]}, "preflight failed for 1 target(s): target onnx-nhwc: the ONNX exporter writes NCHW"),
     ("target-format-unknown", {"targets": ["weird"]}, "weird.yaml: format"),
 ]
 

@@ -101,3 +101,25 @@ def test_onnx_fp32_parity_static_batch(qat_setup, tmp_path) -> None:  # type: ig
         ref = student(torch.from_numpy(x)).numpy()
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_onnx_fp16_runs_half_compute_within_fp16_tolerance(qat_setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import onnx
+
+    from edgeforge.exporters import get_exporter
+    from edgeforge.runtimes import get_runtime
+
+    data, student, out = qat_setup
+    carrier = Carrier(student, out.converted, (1, 8, 8), 4, list("abcd"), data.train.x[:32])
+    target = _target("fp16", batch=1)
+    get_exporter("onnx").export(carrier, target, tmp_path / "h.onnx")
+    weights = [i for i in onnx.load(str(tmp_path / "h.onnx")).graph.initializer if len(i.dims) == 4]
+    assert weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in weights)
+    x = data.test.x[:16].numpy()
+    got = get_runtime("onnx").open(tmp_path / "h.onnx", target).run_all(x)
+    with torch.no_grad():
+        ref = student(torch.from_numpy(x)).numpy()
+    assert got.dtype == np.float32
+    assert np.abs(got - ref).max() <= 2e-2 * max(1.0, float(np.abs(ref).max()))
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    assert not np.array_equal(got, ref)  # it really computed in half precision

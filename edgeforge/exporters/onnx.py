@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import warnings
 from pathlib import Path
@@ -115,9 +116,20 @@ def _rename_io(model: Any, input_name: str, output_name: str) -> None:
                 n.output[i] = renames[name]
 
 
+class _HalfCompute(torch.nn.Module):
+    """fp16 weights and compute behind float32 I/O (the form GPUs and TensorRT run fp16 models in)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
+
+
 class OnnxExporter(Exporter):
     format = "onnx"
-    precisions = ("fp32", "int8")
+    precisions = ("fp32", "fp16", "int8")
     suffix = ".onnx"
     extra = "onnx"
 
@@ -125,7 +137,7 @@ class OnnxExporter(Exporter):
         onnx = require("onnx", "onnx")
         require("onnxscript", "onnx")
         if target.precision not in self.precisions:
-            raise ExportError(f"target {target.name}: ONNX precision '{target.precision}' is not supported; use fp32 or int8")
+            raise ExportError(f"target {target.name}: ONNX precision '{target.precision}' is not supported; use fp32, fp16 or int8")
         if target.input.layout != "NCHW" or target.input.dtype != "float32":
             raise ExportError(
                 f"target {target.name}: the ONNX exporter writes NCHW float32 inputs; set input.layout: NCHW, input.dtype: float32"
@@ -134,6 +146,8 @@ class OnnxExporter(Exporter):
             if carrier.quantized is None:
                 raise ExportError(f"target {target.name}: int8 needs the QAT carrier, which this build did not produce")
             model: torch.nn.Module = carrier.quantized
+        elif target.precision == "fp16":
+            model = _HalfCompute(copy.deepcopy(carrier.float_model).eval().half())
         else:
             model = carrier.float_model.eval()
         ep, ex = _export_program(model, carrier, target)
