@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--dir", action="append", default=[], help="an extra folder of profiles")
     t.set_defaults(func=_cmd_targets)
     args = ap.parse_args(argv)
+    if args.command in ("build", "preflight"):
+        from .quiet import quiet_third_party
+
+        quiet_third_party()
     try:
         return int(args.func(args))
     except EdgeforgeError as exc:

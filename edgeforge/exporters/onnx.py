@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,21 @@ def _rename_io(model: Any, input_name: str, output_name: str) -> None:
                 n.output[i] = renames[name]
 
 
+@contextlib.contextmanager
+def _quiet_logger(prefix: str) -> Iterator[None]:
+    """The dynamo exporter logs a warning per missing torchvision op on every export."""
+    names = [n for n in logging.root.manager.loggerDict if n == prefix or n.startswith(prefix + ".")]
+    loggers = [logging.getLogger(n) for n in [prefix, *names]]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved, strict=True):
+            lg.setLevel(level)
+
+
 class _HalfCompute(torch.nn.Module):
     """fp16 weights and compute behind float32 I/O (the form GPUs and TensorRT run fp16 models in)."""
 
@@ -154,7 +171,7 @@ class OnnxExporter(Exporter):
         opts = target.onnx
         buf = io.StringIO()
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            with warnings.catch_warnings(), contextlib.redirect_stdout(buf), _quiet_logger("torch.onnx"):
                 warnings.simplefilter("ignore")
                 prog = torch.onnx.export(ep, (ex,), dynamo=True, opset_version=opts.opset, verbose=False)
         except Exception as exc:
