@@ -36,12 +36,16 @@ sys.path.insert(0, str(ROOT))
 CONFIG = ROOT / "samples" / "digits" / "edgeforge.yaml"
 
 
+OVERRIDES: list[str] = []
+
+
 def run_build(out: Path) -> tuple[float, dict]:
     env = {**os.environ, "CI": "1"}
     t0 = time.perf_counter()
     targets = ["onnx-cpu-fp32", "onnx-cpu-int8", "tflite-cpu-fp32", "tflite-cpu-int8", "coreml-iphone-fp16",
                "coreml-iphone-int8"]
-    proc = subprocess.run([sys.executable, "-m", "edgeforge", "build", str(CONFIG), "--set", f"output={out}",
+    sets = [a for o in OVERRIDES for a in ("--set", o)]
+    proc = subprocess.run([sys.executable, "-m", "edgeforge", "build", str(CONFIG), "--set", f"output={out}", *sets,
                            *[a for t in targets for a in ("--target", t)]],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -172,7 +176,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for the build, e.g. student.width=4 (a harder compression)")
     args = ap.parse_args()
+    OVERRIDES.extend(args.set)
     if not (ROOT / "samples" / "digits" / "teacher.pt").exists():
         subprocess.run([sys.executable, str(ROOT / "samples" / "digits" / "prepare.py")], check=True)
     torch.set_num_threads(2)
@@ -186,7 +193,9 @@ def main() -> None:
         from edgeforge.config import load_config
         from edgeforge.data import calibration_split, load_data
 
-        lc = load_config(CONFIG)
+        import yaml
+
+        lc = load_config(CONFIG, {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in OVERRIDES)})
         data = load_data(lc)
         calib = calibration_split(data, lc.calibration()).x.numpy()
         xt, yt = data.test.x.numpy(), data.test.y.numpy()
@@ -245,6 +254,8 @@ def main() -> None:
         rows.append((f"Core ML {prec} (reference interpreter) top-1 / retention / drift / size",
                      f"{mt['top1'] * 100:.2f}% / {mt['retention']:.4f} / {mt['drift_points']:+.2f} pt vs {mt['reference']} / "
                      f"{mt['size_bytes']:,} B (latency: needs macOS)"))
+    if OVERRIDES:
+        print(f"config overrides: {' '.join(OVERRIDES)}\n")
     print("| measure | value |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")
