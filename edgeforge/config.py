@@ -106,7 +106,7 @@ class DistillConfig(Strict):
 
 
 class QatConfig(Strict):
-    epochs: PositiveInt = 5
+    epochs: int = Field(5, ge=0, description="0: post-training quantization only (ranges from the calibration set)")
     batch_size: PositiveInt = 64
     lr: PositiveFloat = 5e-4
     range_lr_ratio: PositiveFloat = Field(0.01, description="learning rate of activation scales relative to lr")

@@ -87,7 +87,8 @@ def run_qat_stage(plan: Plan, distill_key: str, cache: StageCache, log: Log) -> 
                     calibration=cal.model_dump(mode="json"), data=plan.data.digest())
 
     def produce(folder: Path) -> dict[str, Any]:
-        log(f"[qat] {cfg.qat.epochs} epochs int8 QAT (w: per-channel symmetric, a: per-tensor affine"
+        kind = "post-training quantization (qat.epochs: 0)" if cfg.qat.epochs == 0 else f"{cfg.qat.epochs} epochs int8 QAT"
+        log(f"[qat] {kind} (w: per-channel symmetric, a: per-tensor affine"
             f"{', learned ranges' if cfg.qat.learn_ranges else ''})")
         calib = calibration_split(plan.data, cal)
         try:

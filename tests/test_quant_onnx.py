@@ -123,3 +123,14 @@ def test_onnx_fp16_runs_half_compute_within_fp16_tolerance(qat_setup, tmp_path) 
     assert np.abs(got - ref).max() <= 2e-2 * max(1.0, float(np.abs(ref).max()))
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
     assert not np.array_equal(got, ref)  # it really computed in half precision
+
+
+def test_zero_qat_epochs_is_post_training_quantization(qat_setup) -> None:  # type: ignore[no-untyped-def]
+    data, student, _ = qat_setup
+    out = quantization_aware_training(student, None, data, data.train, QatConfig(epochs=0),
+                                      temperature=3.0, alpha=0.5, show_progress=False)
+    assert out.result.best_epoch == 0 and out.result.history == []
+    x = data.test.x
+    with torch.no_grad():
+        agree = (out.converted(x).argmax(1) == student(x).argmax(1)).float().mean().item()
+    assert agree >= 0.9  # calibrated int8 follows the float student without any fine-tuning

@@ -21,7 +21,7 @@ from ..cache import atomic_write_bytes
 from ..config import QatConfig
 from ..data import DataBundle, Split
 from ..errors import ModelError
-from ..training import TrainResult, fit, kd_loss, make_optimizer, predict
+from ..training import TrainResult, fit, kd_loss, make_optimizer, predict, top1
 from .quantizer import Int8Quantizer, Int8Scheme
 
 
@@ -101,11 +101,16 @@ def quantization_aware_training(
         if not cfg.learn_ranges and cfg.epochs > 1 and epoch == cfg.epochs - 1:
             _set_fake_quant(prepared, observe=False, quantize=True, learn=False)
 
-    result = fit(prepared, train=data.train, val=data.val, step_loss=step_loss, optimizer=opt,
-                 epochs=cfg.epochs, batch_size=cfg.batch_size, schedule="cosine", warmup=0, seed=cfg.seed,
-                 stage="qat", show_progress=show_progress,
-                 train_mode=move_exported_model_to_train, eval_mode=move_exported_model_to_eval,
-                 on_epoch_start=on_epoch_start)
+    if cfg.epochs == 0:  # PTQ: the calibrated ranges as they are, no fine-tuning
+        _set_fake_quant(prepared, observe=False, quantize=True, learn=False)
+        result = TrainResult(best_state=prepared.state_dict(), best_epoch=0,
+                             best_val_top1=top1(predict(prepared, data.val.x), data.val.y))
+    else:
+        result = fit(prepared, train=data.train, val=data.val, step_loss=step_loss, optimizer=opt,
+                     epochs=cfg.epochs, batch_size=cfg.batch_size, schedule="cosine", warmup=0, seed=cfg.seed,
+                     stage="qat", show_progress=show_progress,
+                     train_mode=move_exported_model_to_train, eval_mode=move_exported_model_to_eval,
+                     on_epoch_start=on_epoch_start)
     prepared.load_state_dict(result.best_state)
     move_exported_model_to_eval(prepared)
     _set_fake_quant(prepared, observe=False, quantize=True, learn=False)
