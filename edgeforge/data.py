@@ -170,10 +170,10 @@ def load_data(lc: LoadedConfig) -> DataBundle:
         if s.x.shape[1:] != shape:
             raise DataError(f"data.{s.name}: input shape {tuple(s.x.shape[1:])} differs from train's {tuple(shape)}")
     num_classes = int(splits["train"].y.max()) + 1
-    for s in ("val", "test"):
-        top = int(splits[s].y.max())
+    for name in ("val", "test"):
+        top = int(splits[name].y.max())
         if top >= num_classes:
-            raise DataError(f"data.{s}: label {top} never occurs in train (classes 0..{num_classes - 1}); check the labels")
+            raise DataError(f"data.{name}: label {top} never occurs in train (classes 0..{num_classes - 1}); check the labels")
     if classes is not None and len(classes) != num_classes:
         raise DataError(f"data.class_names: {len(classes)} names for {num_classes} classes")
     names = list(classes) if classes else [str(i) for i in range(num_classes)]

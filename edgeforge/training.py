@@ -106,8 +106,8 @@ def fit(
     seed: int,
     stage: str,
     show_progress: bool,
-    train_mode: Callable[[nn.Module], None] = lambda m: m.train(),
-    eval_mode: Callable[[nn.Module], None] = lambda m: m.eval(),
+    train_mode: Callable[[nn.Module], object] = nn.Module.train,
+    eval_mode: Callable[[nn.Module], object] = nn.Module.eval,
     on_epoch_start: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train for ``epochs``; evaluate on val each epoch; keep the best state (ties: the later epoch).
