@@ -51,6 +51,9 @@ class CoremlOptions(Strict):
     image_bias: list[float] = Field(default_factory=lambda: [0.0])  # one value, or one per channel
     input_name: str = "input"
     output_name: str = "logits"
+    weights: Literal["float", "int8", "palette4", "palette6"] = Field(
+        "float", description="weight-only compression of fp16/fp32 programs: int8 linear (per-channel symmetric) "
+        "or k-means palettes of 2^4 / 2^6 entries; activations stay float")
 
 
 class Budgets(Strict):

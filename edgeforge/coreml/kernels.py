@@ -131,6 +131,54 @@ def _blockwise_shift_scale(a: Args) -> np.ndarray:
     return data * _blockwise(a.scale, data.shape)
 
 
+def _unpack_lsb_first(packed: np.ndarray, nbits: int, count: int) -> np.ndarray:
+    """``count`` nbits-wide unsigned fields from bytes filled LSB first; a field may straddle two bytes
+    (its low bits in the high bits of one byte, the rest in the low bits of the next)."""
+    bits = np.unpackbits(np.asarray(packed, dtype=np.uint8).reshape(-1), bitorder="little")
+    if bits.size < count * nbits:
+        raise ValueError(f"{packed.size} bytes hold fewer than {count} {nbits}-bit indices")
+    fields = bits[: count * nbits].reshape(count, nbits).astype(np.int64)
+    return fields @ (np.int64(1) << np.arange(nbits, dtype=np.int64))
+
+
+@kernel("constexpr_lut_to_dense")
+def _lut_to_dense(a: Args) -> np.ndarray:
+    lut = np.asarray(a.lut)
+    shape = a.get("shape")
+    if shape is not None:
+        # iOS16: indices uint8[M] holding ceil(nbits * prod(shape) / 8) bytes of packed indices, lut [2^nbits].
+        shape = _ints(shape)
+        nbits = int(lut.size).bit_length() - 1
+        if lut.ndim != 1 or lut.size != 1 << nbits or nbits not in (1, 2, 4, 6, 8):
+            raise ValueError(f"lut of shape {lut.shape}: expected 2, 4, 16, 64 or 256 entries")
+        count = int(np.prod(shape)) if shape else 1
+        return lut[_unpack_lsb_first(a.indices, nbits, count)].reshape(shape)
+    # iOS18: indices uint{1,2,3,4,6,8} in the (pre-vector) output shape, already unpacked by the blob
+    # reader; lut [*groups, 2^nbits, VECTOR_SIZE], groups[i] dividing indices.shape[i] into equal blocks.
+    idx = np.asarray(a.indices).astype(np.int64)
+    k = idx.ndim
+    if lut.ndim != k + 2:
+        raise ValueError(f"lut of rank {lut.ndim} for indices of rank {k}: expected rank {k + 2}")
+    if idx.size and int(idx.max()) >= lut.shape[-2]:
+        raise ValueError(f"index {int(idx.max())} beyond the {lut.shape[-2]}-entry lut")
+    group = []
+    for axis, (n, g) in enumerate(zip(idx.shape, lut.shape[:k])):
+        if n % g:
+            raise ValueError(f"indices dim {axis} ({n}) is not a multiple of the lut's {g} groups")
+        view = [1] * k
+        view[axis] = n
+        group.append((np.arange(n) // (n // g)).reshape(view))
+    out = lut[(*group, idx)]  # *indices.shape, VECTOR_SIZE
+    vector = lut.shape[-1]
+    if vector == 1:
+        return out[..., 0]
+    axis = int(a.vector_axis) % k
+    # Each index expands to VECTOR_SIZE consecutive elements along vector_axis.
+    shape = list(idx.shape)
+    shape[axis] *= vector
+    return np.moveaxis(out, -1, axis + 1).reshape(shape)
+
+
 # ---- elementwise -----------------------------------------------------------------------------------
 
 _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {

@@ -1,5 +1,7 @@
 """Core ML exporter: an ML program (.mlpackage) in fp32 / fp16 from the float student, or W8A8 from
 the QAT carrier (its quantize/dequantize ops and learned scales carried over, not re-calibrated).
+fp32 / fp16 programs can have their conv/linear weights compressed (coreml.weights: int8 linear or
+k-means palettes) with coremltools.optimize.coreml; activations stay float.
 """
 
 from __future__ import annotations
@@ -78,6 +80,39 @@ def op_histogram(spec: Any) -> dict[str, int]:
     return dict(sorted(ops.items()))
 
 
+# Weight-only compression: conv/linear weight tensors with more than this many elements are compressed.
+# coremltools' default (2048) skips much of a small student (the digits convnet's 640-weight classifier);
+# below ~256 elements the saving (< 512 B of fp16) is eaten by the extra lut/scale blob and weight.bin's
+# 64-byte metadata + alignment per blob. Biases (rank 1) are never compressed by coremltools.
+WEIGHT_THRESHOLD = 256
+WEIGHT_MODES = {
+    "int8": "linear_symmetric int8, per output channel",
+    "palette4": "k-means palette, 16 entries (4-bit indices), per tensor",
+    "palette6": "k-means palette, 64 entries (6-bit indices), per tensor",
+}
+COMPRESSION_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale", "constexpr_lut_to_dense")
+
+
+def compress_weights(ml: Any, weights: str) -> Any:
+    """The same program with its conv/linear weights compressed (a new MLModel); ``weights`` from WEIGHT_MODES.
+
+    iOS16/17 programs get constexpr_affine_dequantize / constexpr_lut_to_dense (indices bit-packed in
+    uint8, one flat lut); iOS18 programs constexpr_blockwise_shift_scale / constexpr_lut_to_dense
+    (uint4/uint6 indices in the weight's shape, lut of rank + 2).
+    """
+    import coremltools.optimize.coreml as cto
+
+    if weights == "int8":
+        cfg: Any = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
+                                               weight_threshold=WEIGHT_THRESHOLD)
+        fn = cto.linear_quantize_weights
+    else:
+        cfg = cto.OpPalettizerConfig(mode="kmeans", nbits=int(weights.removeprefix("palette")),
+                                     granularity="per_tensor", weight_threshold=WEIGHT_THRESHOLD)
+        fn = cto.palettize_weights
+    return fn(ml, cto.OptimizationConfig(op_type_configs={"conv": cfg, "linear": cfg}))
+
+
 def _input_type(ct: Any, carrier: Carrier, target: TargetProfile, shape: tuple[int, ...]) -> Any:
     opts = target.coreml
     if opts.input_type == "tensor":
@@ -113,6 +148,9 @@ class CoremlExporter(Exporter):
         if target.input.layout != "NCHW" or target.input.dtype != "float32":
             raise ExportError(f"target {target.name}: the Core ML exporter takes NCHW float32 models; set "
                               "input.layout: NCHW, input.dtype: float32 (use coreml.input_type: image for pixels)")
+        if target.precision == "int8" and opts.weights != "float":
+            raise ExportError(f"target {target.name}: coreml.weights: {opts.weights} is for fp16/fp32 programs; "
+                              "precision int8 (W8A8) already stores int8 weights: drop coreml.weights or use fp16")
         if target.precision == "int8":
             if carrier.quantized is None:
                 raise ExportError(f"target {target.name}: int8 needs the QAT carrier, which this build did not produce")
@@ -126,6 +164,7 @@ class CoremlExporter(Exporter):
         fp32 = target.precision == "fp32"
         shape = (int(target.input.batch), *carrier.input_shape)
         deploy = getattr(ct.target, opts.minimum_deployment_target)
+        stage = "convert"
         try:
             ep = fill_default_args(torch.export.export(model, (torch.zeros(shape),)).run_decompositions({}))
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
@@ -139,26 +178,40 @@ class CoremlExporter(Exporter):
                     compute_precision=ct.precision.FLOAT32 if fp32 else ct.precision.FLOAT16,
                     skip_model_load=True,
                 )
+                if opts.weights != "float":
+                    stage = f"compress ({opts.weights} weights)"
+                    ml = compress_weights(ml, opts.weights)
         except ExportError:
             raise
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ExportError(f"target {target.name}: coremltools could not convert the model: {first}") from None
+            raise ExportError(f"target {target.name}: coremltools could not {stage} the model: {first}") from None
         spec = ml.get_spec()
         ops = op_histogram(spec)
+        compression = None
+        if opts.weights != "float":
+            compressed = sum(ops.get(op, 0) for op in COMPRESSION_OPS)
+            if not compressed:
+                raise ExportError(f"target {target.name}: coreml.weights: {opts.weights} compressed nothing (no conv/"
+                                  f"linear weight has more than {WEIGHT_THRESHOLD} elements); use weights: float")
+            compression = {"weights": opts.weights, "method": WEIGHT_MODES[opts.weights],
+                           "weight_threshold": WEIGHT_THRESHOLD, "compressed_tensors": compressed,
+                           "tool": "coremltools.optimize.coreml"}
         if target.precision == "int8" and not {"quantize", "dequantize"} <= set(ops):
             raise ExportError(f"target {target.name}: the converted program has no quantize/dequantize ops; "
                               "the QAT scales were lost")
         ml.author = "edgeforge"
         ml.version = __version__
         ml.license = ""
-        ml.short_description = (f"{carrier.name}: {carrier.num_classes}-class classifier, {target.precision} "
-                                f"(edgeforge target {target.name})")
+        ml.short_description = (f"{carrier.name}: {carrier.num_classes}-class classifier, {target.precision}"
+                                + ("" if compression is None else f", {opts.weights} weights")
+                                + f" (edgeforge target {target.name})")
         ml.input_description[opts.input_name] = f"NCHW {shape}" + (" image" if opts.input_type == "image" else " float32")
         ml.output_description[opts.output_name] = "logits (float32), one per class in class_labels"
         ml.user_defined_metadata.update({
             "class_labels": ",".join(carrier.class_names), "edgeforge.target": target.name,
             "edgeforge.precision": target.precision, "edgeforge.model": carrier.name,
+            "edgeforge.weights": opts.weights,
         })
         _save_atomic(ml, path)
         fn = spec.mlProgram.functions["main"]
@@ -167,6 +220,7 @@ class CoremlExporter(Exporter):
             "opset": fn.opset,
             "minimum_deployment_target": opts.minimum_deployment_target,
             "compute_precision": "fp32" if fp32 else "fp16",
+            "weight_compression": compression,
             "specification_version": spec.specificationVersion,
             "input": {"name": opts.input_name, "type": opts.input_type, "layout": "NCHW", "shape": list(shape)},
             "output": {"name": opts.output_name, "dtype": "float32"},
