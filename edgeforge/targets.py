@@ -60,6 +60,8 @@ class Budgets(Strict):
     latency_p90_ms: PositiveFloat | None = None
     size_kb: PositiveFloat | None = None
     min_retention: float | None = Field(None, gt=0)
+    max_drift_points: float | None = Field(
+        None, ge=0, description="this target's allowance for |top-1 drift| vs its reference (lossy forms)")
 
 
 class DeviceSpec(Strict):
