@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .config import ValidationConfig
 from .targets import TargetProfile
@@ -19,7 +19,7 @@ def measure_on_device(target: TargetProfile, artifact: Path, validation: Validat
         device = SshDevice(host=s.host, user=s.user, port=s.port, key=Path(s.key).expanduser() if s.key else None,
                            python=s.python, workdir=s.workdir, connect_timeout=s.connect_timeout,
                            known_hosts=Path(s.known_hosts).expanduser() if s.known_hosts else None)
-        fmt = "tflite" if target.format == "tflite" else "onnx"
+        fmt: Literal["onnx", "tflite"] = "tflite" if target.format == "tflite" else "onnx"
         return measure_ssh(artifact, device=device, format=fmt, threads=target.runtime.threads,
                            warmup=validation.warmup, runs=validation.runs).as_dict()
     if spec.measured_on == "adb" and spec.adb is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ class FeatureTap:
                 raise ConfigError(f"distill.hints: {role} has no submodule '{name}' (some it has: {near})")
             self._handles.append(modules[name].register_forward_hook(self._hook(name)))
 
-    def _hook(self, name: str):  # type: ignore[no-untyped-def]
+    def _hook(self, name: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
             self.outputs[name] = out
 
@@ -47,7 +48,7 @@ class HintAdapter(nn.Module):
             self.proj: nn.Module = nn.Conv2d(s_feat.shape[1], t_feat.shape[1], 1)
         else:
             self.proj = nn.Linear(s_feat.shape[-1], t_feat.shape[-1])
-        self.spatial = tuple(t_feat.shape[2:]) if t_feat.ndim == 4 else None
+        self.spatial = (int(t_feat.shape[2]), int(t_feat.shape[3])) if t_feat.ndim == 4 else None
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         y = self.proj(s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EdgeforgeError(Exception):
     """Base of every error edgeforge raises on purpose; the CLI prints it as one line, exit 1."""
@@ -36,7 +38,7 @@ class MissingExtra(EdgeforgeError):
         self.extra = extra
 
 
-def require(module: str, extra: str):  # type: ignore[no-untyped-def]
+def require(module: str, extra: str) -> Any:
     """Import a heavy optional dependency, naming the pip extra when it is missing."""
     import importlib
 

@@ -428,7 +428,7 @@ def _reduce(fn: Callable[..., np.ndarray]) -> Kernel:
 
 
 for _name, _rfn in _REDUCE.items():
-    KERNELS[_name] = _reduce(_rfn)
+    KERNELS[_name] = _reduce(_rfn)  # type: ignore[arg-type]
 
 
 # ---- shapes ----------------------------------------------------------------------------------------
@@ -515,7 +515,8 @@ def _pad(a: Args) -> np.ndarray:
     mode = a.get("mode", "constant")
     if mode == "constant":
         return np.pad(x, pairs, constant_values=np.float32(a.get("constant_val", 0.0)))
-    return np.pad(x, pairs, mode={"reflect": "reflect", "replicate": "edge"}[mode])
+    pad_mode: Any = {"reflect": "reflect", "replicate": "edge"}[mode]
+    return np.pad(x, pairs, mode=pad_mode)
 
 
 @kernel("tile")

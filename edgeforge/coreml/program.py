@@ -103,7 +103,7 @@ class _Weights:
         if tt.dtype == 10:
             arr = arr.view(np.float16)
         arr = np.asarray(arr, dtype=tt.np_dtype)
-        shape = tt.shape or ()
+        shape: tuple[int, ...] = tuple(int(d or 0) for d in tt.shape) if tt.shape else ()  # constants are static
         size = int(np.prod(shape)) if shape else 1
         return arr[:size].reshape(shape)  # sub-byte blobs are padded to whole bytes
 

@@ -176,6 +176,8 @@ class OnnxExporter(Exporter):
                 prog = torch.onnx.export(ep, (ex,), dynamo=True, opset_version=opts.opset, verbose=False)
         except Exception as exc:
             raise ExportError(f"target {target.name}: torch.onnx.export failed: {str(exc).strip().splitlines()[0][:200]}") from None
+        if prog is None:
+            raise ExportError(f"target {target.name}: torch.onnx.export returned no model")
         proto = prog.model_proto
         _rename_io(proto, opts.input_name, opts.output_name)
         n_bias = quantize_biases(proto) if target.precision == "int8" else 0

@@ -60,7 +60,7 @@ def unfold_quantized_weights(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
     def value(arg: Any) -> Any:
         if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
-            return operator.attrgetter(arg.target)(gm)
+            return operator.attrgetter(str(arg.target))(gm)
         return arg
 
     n = 0
@@ -259,7 +259,7 @@ def describe(data: bytes) -> dict[str, Any]:
             })
         return out
 
-    sig = model.signatureDefs[0] if model.signatureDefs else None
+    signature = model.signatureDefs[0] if model.signatureDefs else None
     weight_types: dict[str, int] = {}
     for op in sg.operators:
         for i in op.inputs:
@@ -268,8 +268,8 @@ def describe(data: bytes) -> dict[str, Any]:
     return {
         "ops": dict(sorted(ops.items())),
         "constant_tensor_types": dict(sorted(weight_types.items())),
-        "inputs": io(list(sg.inputs), list(sig.inputs or []) if sig else []),
-        "outputs": io(list(sg.outputs), list(sig.outputs or []) if sig else []),
+        "inputs": io(list(sg.inputs), list(signature.inputs or []) if signature else []),
+        "outputs": io(list(sg.outputs), list(signature.outputs or []) if signature else []),
         "io_converters": io_converters,
         "float_ops": float_ops,
     }

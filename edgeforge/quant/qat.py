@@ -12,6 +12,7 @@ import copy
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,7 +83,7 @@ def quantization_aware_training(
     range_params = [p for n, p in prepared.named_parameters() if n.endswith((".scale", ".zero_point"))]
     range_ids = {id(p) for p in range_params}
     weights = [p for p in prepared.parameters() if id(p) not in range_ids]
-    groups = [{"params": weights}]
+    groups: list[dict[str, Any]] = [{"params": weights}]
     if range_params:
         groups.append({"params": range_params, "lr": cfg.lr * cfg.range_lr_ratio, "weight_decay": 0.0})
     opt = make_optimizer("adam", groups, cfg.lr, cfg.weight_decay)

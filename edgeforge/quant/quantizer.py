@@ -146,7 +146,7 @@ class Int8Quantizer(Quantizer):
             if node.op != "call_function" or _is_annotated(node):
                 continue
             src = node.args[0] if node.args else None
-            if not _is_float_tensor(src):
+            if not isinstance(src, Node) or not _is_float_tensor(src):
                 continue
             if node.target in _SAME_RANGE and _is_annotated(src):
                 _mark(node, {src: act}, SharedQuantizationSpec((src, node)))
@@ -156,6 +156,8 @@ class Int8Quantizer(Quantizer):
 
     def _annotate_weighted(self, node: Node, act: QuantizationSpec, weight: QuantizationSpec) -> None:
         x, w = node.args[0], node.args[1]
+        if not isinstance(x, Node) or not isinstance(w, Node):
+            return
         chain = [node]
         bn = _only_user(node, _BATCH_NORM)
         if bn is not None:
@@ -171,7 +173,7 @@ class Int8Quantizer(Quantizer):
             _mark(chain[-1], None, act)
 
     def _annotate_binary(self, node: Node, act: QuantizationSpec) -> None:
-        inputs = {a: act for a in node.args[:2] if _is_float_tensor(a)}
+        inputs: dict[Node, Any] = {a: act for a in node.args[:2] if isinstance(a, Node) and _is_float_tensor(a)}
         if len(inputs) != 2:
             return
         relu = _only_user(node, _ACTIVATIONS)
