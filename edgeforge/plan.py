@@ -57,11 +57,7 @@ def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:
             exporter = get_exporter(t.format)
         except EdgeforgeError as exc:
             raise EdgeforgeError(f"target {t.name}: {exc}") from None
-        if t.precision not in exporter.precisions:
-            raise EdgeforgeError(
-                f"target {t.name}: {t.format} precision '{t.precision}' is not supported "
-                f"(supported: {', '.join(exporter.precisions)}); fix 'precision' in its profile"
-            )
+        exporter.check_precision(t)
     data = load_data(lc)
     lc.calibration()  # parse errors surface now, not after training
     teacher = load_teacher(lc)

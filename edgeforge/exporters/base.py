@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..carrier import Carrier
+from ..errors import ExportError
 from ..registry import Registry
 from ..targets import TargetProfile
 
@@ -26,6 +27,13 @@ class Exporter(ABC):
     precisions: ClassVar[tuple[str, ...]]
     suffix: ClassVar[str]
     extra: ClassVar[str]
+
+    def check_precision(self, target: TargetProfile) -> None:
+        if target.precision not in self.precisions:
+            raise ExportError(
+                f"target {target.name}: {self.format} precision '{target.precision}' is not supported "
+                f"(supported: {', '.join(self.precisions)}); fix 'precision' in its profile"
+            )
 
     @abstractmethod
     def export(self, carrier: Carrier, target: TargetProfile, path: Path) -> ExportedArtifact:

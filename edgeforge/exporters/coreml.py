@@ -139,9 +139,7 @@ class CoremlExporter(Exporter):
     def export(self, carrier: Carrier, target: TargetProfile, path: Path) -> ExportedArtifact:
         ct = require("coremltools", "coreml")
         opts = target.coreml
-        if target.precision not in self.precisions:
-            raise ExportError(f"target {target.name}: Core ML precision '{target.precision}' is not supported; "
-                              "use fp32, fp16 or int8")
+        self.check_precision(target)
         if target.input.batch == "dynamic":
             raise ExportError(f"target {target.name}: Core ML targets need a static batch (the Neural Engine runs "
                               "only static shapes; a flexible shape falls back to CPU/GPU); set input.batch: 1")

@@ -153,8 +153,7 @@ class OnnxExporter(Exporter):
     def export(self, carrier: Carrier, target: TargetProfile, path: Path) -> ExportedArtifact:
         onnx = require("onnx", "onnx")
         require("onnxscript", "onnx")
-        if target.precision not in self.precisions:
-            raise ExportError(f"target {target.name}: ONNX precision '{target.precision}' is not supported; use fp32, fp16 or int8")
+        self.check_precision(target)
         if target.input.layout != "NCHW" or target.input.dtype != "float32":
             raise ExportError(
                 f"target {target.name}: the ONNX exporter writes NCHW float32 inputs; set input.layout: NCHW, input.dtype: float32"

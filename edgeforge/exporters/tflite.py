@@ -284,8 +284,7 @@ class TfliteExporter(Exporter):
     extra = "tflite"
 
     def _check(self, target: TargetProfile) -> None:
-        if target.precision not in self.precisions:
-            raise ExportError(f"target {target.name}: TFLite precision '{target.precision}' is not supported; use fp32, fp16 or int8")
+        self.check_precision(target)
         in_dt, out_dt = target.input.dtype, target.tflite.output_dtype
         if target.precision != "int8" and (in_dt != "float32" or out_dt != "float32"):
             raise ExportError(

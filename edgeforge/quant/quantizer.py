@@ -187,6 +187,3 @@ class Int8Quantizer(Quantizer):
         pass
 
 
-def quantized_op_count(model: GraphModule) -> int:
-    return sum(1 for n in model.graph.nodes if _is_annotated(n))
-

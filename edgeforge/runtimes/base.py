@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
+from ..errors import RuntimeUnavailable
 from ..registry import Registry
 from ..targets import TargetProfile
 
@@ -45,13 +47,24 @@ class Runtime(ABC):
     name: ClassVar[str]
     format: ClassVar[str]
     extra: ClassVar[str]
+    module: ClassVar[str]  # the Python module the runtime needs
+    package: ClassVar[str]  # its pip name, for the install hint
 
-    @abstractmethod
     def unavailable_reason(self) -> str | None:
         """None when this host can run the format, else why not (shown in the manifest)."""
+        if importlib.util.find_spec(self.module) is None:
+            return f"{self.package} is not installed (pip install 'edgeforge[{self.extra}]')"
+        return None
+
+    def open(self, path: Path, target: TargetProfile) -> Session:
+        """Load the artifact; RuntimeUnavailable when this host cannot run it."""
+        reason = self.unavailable_reason()
+        if reason:
+            raise RuntimeUnavailable(reason)
+        return self._open(path, target)
 
     @abstractmethod
-    def open(self, path: Path, target: TargetProfile) -> Session: ...
+    def _open(self, path: Path, target: TargetProfile) -> Session: ...
 
     def inspect(self, path: Path) -> dict[str, object]:
         """What the runtime makes of the artifact (e.g. the kernels it fused); empty if nothing to say."""

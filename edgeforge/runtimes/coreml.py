@@ -7,7 +7,6 @@ accuracy and parity are checked on Linux too, but its timings say nothing about 
 
 from __future__ import annotations
 
-import importlib.util
 import platform
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RuntimeUnavailable, require
+from ..errors import require
 from ..targets import TargetProfile
 from .base import RUNTIMES, Runtime, Session
 
@@ -97,16 +96,10 @@ class CoremlRuntime(Runtime):
     name = "coreml"
     format = "coreml"
     extra = "coreml"
+    module = "coremltools"
+    package = "coremltools"
 
-    def unavailable_reason(self) -> str | None:
-        if importlib.util.find_spec("coremltools") is None:
-            return "coremltools is not installed (pip install 'edgeforge[coreml]')"
-        return None
-
-    def open(self, path: Path, target: TargetProfile) -> Session:
-        reason = self.unavailable_reason()
-        if reason:
-            raise RuntimeUnavailable(reason)
+    def _open(self, path: Path, target: TargetProfile) -> Session:
         if coreml_framework_reason() is None:
             return CoremlSession(path, target)
         return ReferenceSession(path, target)

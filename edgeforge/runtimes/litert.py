@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RuntimeUnavailable, require
+from ..errors import require
 from ..targets import TargetProfile
 from .base import RUNTIMES, Runtime, Session
 
@@ -73,20 +73,20 @@ class LiteRTRuntime(Runtime):
     name = "litert"
     format = "tflite"
     extra = "tflite"
+    module = "ai_edge_litert"
+    package = "ai-edge-litert"
 
     def unavailable_reason(self) -> str | None:
-        if importlib.util.find_spec("ai_edge_litert") is None:
-            return "ai-edge-litert is not installed (pip install 'edgeforge[tflite]')"
+        missing = super().unavailable_reason()
+        if missing:
+            return missing
         try:
             importlib.import_module("ai_edge_litert.interpreter")
         except Exception as exc:  # a broken install (e.g. a numpy ABI mismatch) is unavailable too
             return f"ai_edge_litert.interpreter cannot be imported: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         return None
 
-    def open(self, path: Path, target: TargetProfile) -> Session:
-        reason = self.unavailable_reason()
-        if reason:
-            raise RuntimeUnavailable(reason)
+    def _open(self, path: Path, target: TargetProfile) -> Session:
         return LiteRTSession(path, target)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -67,16 +66,10 @@ class OnnxRuntime(Runtime):
     name = "onnxruntime"
     format = "onnx"
     extra = "onnx"
+    module = "onnxruntime"
+    package = "onnxruntime"
 
-    def unavailable_reason(self) -> str | None:
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "onnxruntime is not installed (pip install 'edgeforge[onnx]')"
-        return None
-
-    def open(self, path: Path, target: TargetProfile) -> Session:
-        reason = self.unavailable_reason()
-        if reason:
-            raise RuntimeUnavailable(reason)
+    def _open(self, path: Path, target: TargetProfile) -> Session:
         return OrtSession(path, target)
 
     def inspect(self, path: Path) -> dict[str, object]:
