@@ -22,6 +22,8 @@ from edgeforge.exporters import get_exporter
 from edgeforge.runtimes import get_runtime
 from edgeforge.targets import TargetProfile, load_profile
 
+from tiny_models import fit_classifier
+
 pytest.importorskip("coremltools")
 pytestmark = pytest.mark.coreml
 
@@ -163,17 +165,7 @@ def digits_qat():  # type: ignore[no-untyped-def]
                       num_classes=10, class_names=[str(i) for i in range(10)])
     torch.manual_seed(0)
     student = STUDENTS.get("separable")(1, 10, width=16, depth=2)
-    opt = torch.optim.Adam(student.parameters(), 1e-2)
-    for _ in range(6):
-        student.train()
-        perm = torch.randperm(len(data.train))
-        for i in range(0, len(perm), 64):
-            idx = perm[i : i + 64]
-            loss = F.cross_entropy(student(data.train.x[idx]), data.train.y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    student.eval()
+    fit_classifier(student, data.train.x, data.train.y, epochs=6, lr=1e-2, batch_size=64, shuffle=True)
     calibration = Split("calibration", data.train.x[:256], data.train.y[:256])
     out = quantization_aware_training(student, None, data, calibration, QatConfig(epochs=1, lr=1e-3),
                                       temperature=3.0, alpha=0.5, show_progress=False)

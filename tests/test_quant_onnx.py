@@ -13,7 +13,7 @@ from edgeforge.models.students import STUDENTS
 from edgeforge.quant.qat import load_carrier, quantization_aware_training, save_carrier
 from edgeforge.targets import TargetProfile
 
-from tiny_models import make_patterns, train_teacher
+from tiny_models import fit_classifier, make_patterns, train_teacher
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.onnx
@@ -28,15 +28,7 @@ def qat_setup():  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     student = STUDENTS.get("separable")(1, 4, width=8, depth=2)
     # a brief float fit so the QAT starts from a useful student
-    opt = torch.optim.Adam(student.parameters(), 1e-2)
-    for _ in range(4):
-        student.train()
-        for i in range(0, 384, 64):
-            loss = torch.nn.functional.cross_entropy(student(data.train.x[i : i + 64]), data.train.y[i : i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    student.eval()
+    fit_classifier(student, data.train.x, data.train.y, epochs=4, lr=1e-2, batch_size=64, shuffle=False)
     out = quantization_aware_training(student, teacher, data, data.train, QatConfig(epochs=2, lr=1e-3),
                                       temperature=3.0, alpha=0.5, show_progress=False)
     return data, student, out

@@ -30,6 +30,8 @@ from edgeforge.quant.qat import load_carrier, quantization_aware_training, save_
 from edgeforge.runtimes import get_runtime  # noqa: E402
 from edgeforge.targets import TargetProfile  # noqa: E402
 
+from tiny_models import fit_classifier  # noqa: E402
+
 
 def _digits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from sklearn.datasets import load_digits
@@ -51,18 +53,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = DataBundle(*(Split(n, x, y) for n, (x, y) in splits.items()), num_classes=10,
                       class_names=[str(i) for i in range(10)])
     student = STUDENTS.get("convnet")(1, 10, width=8, depth=2)  # ~3.3 k parameters
-    opt = torch.optim.Adam(student.parameters(), 5e-3)
-    x, y = data.train.x, data.train.y
-    for _ in range(6):
-        student.train()
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 64):
-            idx = perm[i : i + 64]
-            loss = torch.nn.functional.cross_entropy(student(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    student.eval()
+    fit_classifier(student, data.train.x, data.train.y, epochs=6, lr=5e-3, batch_size=64, shuffle=True)
     out = quantization_aware_training(student, None, data, data.train, QatConfig(epochs=1, lr=5e-4),
                                       temperature=3.0, alpha=0.0, show_progress=False)
     # Round trip as the pipeline does: the reloaded carrier holds folded int8 weights.

@@ -41,16 +41,24 @@ def make_patterns(n: int, seed: int, num_classes: int = 4, size: int = 8) -> tup
     return x, y.astype(np.int64)
 
 
-def train_teacher(x: np.ndarray, y: np.ndarray, epochs: int = 8, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    m = teacher(int(y.max()) + 1)
-    opt = torch.optim.Adam(m.parameters(), 1e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
+                   batch_size: int, shuffle: bool) -> nn.Module:
+    """A plain cross-entropy fit with Adam (shuffled with the global torch RNG when asked); returns it in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr)
     for _ in range(epochs):
-        m.train()
-        for i in range(0, len(x), 32):
-            loss = nn.functional.cross_entropy(m(xt[i : i + 32]), yt[i : i + 32])
+        model.train()
+        order = torch.randperm(len(x)) if shuffle else torch.arange(len(x))
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return m.eval()
+    return model.eval()
+
+
+def train_teacher(x: np.ndarray, y: np.ndarray, epochs: int = 8, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    m = teacher(int(y.max()) + 1)
+    return fit_classifier(m, torch.from_numpy(x), torch.from_numpy(y), epochs=epochs, lr=1e-2, batch_size=32,
+                          shuffle=False)
