@@ -135,7 +135,7 @@ def _build_locked(lc: LoadedConfig, plan: Plan, out_dir: Path, stage_times: dict
     stage_times["reference_eval"] = time.perf_counter() - t
 
     carrier = Carrier(student, converted, plan.data.input_shape, plan.data.num_classes, plan.data.class_names,
-                      calibration_split(plan.data, lc.calibration()).x, name=cfg.name)
+                      calibration_split(plan.data, plan.calibration).x, name=cfg.name)
     entries = []
     t = time.perf_counter()
     for target in plan.targets:

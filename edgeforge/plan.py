@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import LoadedConfig
+from .config import CalibrationConfig, LoadedConfig
 from .data import DataBundle, load_data
 from .errors import EdgeforgeError
 from .exporters import get_exporter
@@ -32,6 +32,7 @@ class Plan:
     student: nn.Module
     teacher_digest: str
     teacher_bytes: int
+    calibration: CalibrationConfig  # parsed once, before training
 
 
 def _teacher_identity(lc: LoadedConfig, teacher: nn.Module) -> tuple[str, int]:
@@ -59,7 +60,7 @@ def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:
             raise EdgeforgeError(f"target {t.name}: {exc}") from None
         exporter.check_precision(t)
     data = load_data(lc)
-    lc.calibration()  # parse errors surface now, not after training
+    calibration = lc.calibration()  # parse errors surface now, not after training
     teacher = load_teacher(lc)
     example = data.train.x[:2]
     check_outputs(teacher, example, data.num_classes, "teacher")
@@ -68,7 +69,7 @@ def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:
     student.eval()
     check_outputs(student, example, data.num_classes, "student")
     digest, nbytes = _teacher_identity(lc, teacher)
-    return Plan(lc, targets, data, teacher, student, digest, nbytes)
+    return Plan(lc, targets, data, teacher, student, digest, nbytes, calibration)
 
 
 def versions() -> dict[str, str]:

@@ -82,7 +82,7 @@ def run_qat_stage(plan: Plan, distill_key: str, cache: StageCache, log: Log) -> 
     from .quant.qat import load_carrier, quantization_aware_training, save_carrier
 
     cfg = plan.lc.config
-    cal = plan.lc.calibration()
+    cal = plan.calibration
     key = stage_key("qat", config=cfg.qat.model_dump(mode="json"), distill=distill_key,
                     calibration=cal.model_dump(mode="json"), data=plan.data.digest())
 
