@@ -18,10 +18,29 @@ def add_search_paths(paths: Iterable[Path]) -> None:
             sys.path.insert(0, s)
 
 
+_loaded_sources: dict[str, bytes] = {}
+
+
+def _import_fresh(module_name: str) -> Any:
+    """Import a user module, re-importing it when its file changed since (a long-lived process that
+    builds twice must not run yesterday's code under today's cache key)."""
+    module = importlib.import_module(module_name)
+    f = getattr(module, "__file__", None)
+    if f and f.endswith(".py"):
+        try:
+            src = Path(f).read_bytes()
+        except OSError:
+            return module
+        if module_name in _loaded_sources and _loaded_sources[module_name] != src:
+            module = importlib.reload(module)
+        _loaded_sources[module_name] = src
+    return module
+
+
 def load_callable(spec: str, key: str) -> Any:
     module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_fresh(module_name)
     except ImportError as exc:
         raise ConfigError(f"{key}: cannot import module '{module_name}' ({exc}); check the name and that it is on PYTHONPATH") from None
     except Exception as exc:
