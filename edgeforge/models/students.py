@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..registry import Registry
+from .families.mobilenet import mobilenet_v2, mobilenet_v3
 
 StudentBuilder = Callable[..., nn.Module]
 STUDENTS: Registry[StudentBuilder] = Registry("student family")
@@ -79,6 +80,8 @@ class _Separable(nn.Module):
 
 STUDENTS.add("convnet", ConvNet)
 STUDENTS.add("separable", SeparableNet)
+STUDENTS.add("mobilenet_v3", mobilenet_v3)
+STUDENTS.add("mobilenet_v2", mobilenet_v2)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,57 @@
+"""Built-in MobileNet-style student families: shapes, scaling, the published sizes, bad config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from edgeforge.errors import ConfigError
+from edgeforge.models.students import STUDENTS, count_parameters
+
+
+@pytest.mark.parametrize("family", ["mobilenet_v3", "mobilenet_v2"])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_forward_shape_on_small_inputs(family: str, shape: tuple[int, int, int]) -> None:
+    m = STUDENTS.get(family)(shape[0], 10, width=16, depth=4).eval()
+    with torch.no_grad():
+        assert m(torch.randn(3, *shape)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("family", ["mobilenet_v3", "mobilenet_v2"])
+def test_parameter_count_grows_with_width_and_depth(family: str) -> None:
+    build = STUDENTS.get(family)
+    by_width = [count_parameters(build(1, 10, width=w, depth=3)) for w in (8, 16, 32)]
+    assert by_width[0] < by_width[1] < by_width[2]
+    # Convolution weights grow about quadratically with the width multiplier (V2's 1280-wide
+    # last layer stays fixed below width 32, so the ratio is smaller there).
+    assert by_width[2] > 1.8 * by_width[1]
+    assert count_parameters(build(1, 10, width=16, depth=2)) < count_parameters(build(1, 10, width=16, depth=4))
+
+
+def test_full_size_configurations_match_the_papers() -> None:
+    # torchvision's mobilenet_v3_small / mobilenet_v2 have exactly these parameter counts.
+    assert count_parameters(STUDENTS.get("mobilenet_v3")(3, 1000, width=16, depth=5)) == 2_542_856
+    assert count_parameters(STUDENTS.get("mobilenet_v2")(3, 1000, width=32, depth=7)) == 3_504_872
+
+
+def test_v3_has_squeeze_excite_with_hardsigmoid_and_hardswish() -> None:
+    m = STUDENTS.get("mobilenet_v3")(1, 10, width=16, depth=5)
+    names = dict(m.named_modules())
+    assert isinstance(names["features.1.se.gate"], nn.Hardsigmoid)
+    assert sum(isinstance(x, nn.Hardswish) for x in m.modules()) >= 10
+    no_se = STUDENTS.get("mobilenet_v3")(1, 10, width=16, depth=5, se=False)
+    assert not any(isinstance(x, nn.Hardsigmoid) for x in no_se.modules())
+
+
+def test_v2_uses_relu6_and_linear_bottlenecks() -> None:
+    m = STUDENTS.get("mobilenet_v2")(1, 10, width=16, depth=3)
+    assert any(isinstance(x, nn.ReLU6) for x in m.modules())
+    for block in m.features[1:-1]:
+        assert len(block.project) == 2  # conv + BN, no activation: the linear bottleneck
+
+
+@pytest.mark.parametrize("family,depth", [("mobilenet_v3", 6), ("mobilenet_v2", 8)])
+def test_too_deep_names_the_key_and_range(family: str, depth: int) -> None:
+    with pytest.raises(ConfigError, match=r"student.depth: .* use 1\.\."):
+        STUDENTS.get(family)(1, 10, width=16, depth=depth)
