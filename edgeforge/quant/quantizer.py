@@ -9,7 +9,7 @@ the symmetric range has no lone -128 that some int8 GEMM kernels reject.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch.fx import GraphModule, Node
@@ -20,30 +20,16 @@ from torchao.quantization.pt2e.observer import (
     PerChannelMinMaxObserver,
 )
 from torchao.quantization.pt2e.quantizer import (
+    FixedQParamsQuantizationSpec,
     QuantizationAnnotation,
     QuantizationSpec,
     Quantizer,
     SharedQuantizationSpec,
 )
 
-aten = torch.ops.aten
+from .op_families import BATCH_NORM, FUSABLE_ACTIVATIONS, family_of
 
-_WEIGHTED = {aten.conv1d.default, aten.conv2d.default, aten.linear.default}
-_BATCH_NORM = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
-_ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default}
-_BINARY = {aten.add.Tensor, aten.add_.Tensor, aten.mul.Tensor}
-# Ops whose output lies in the range of their input: they share its quantization parameters,
-# so the exported graph has no requantization around them.
-_SAME_RANGE = {
-    aten.max_pool2d.default,
-    aten.flatten.using_ints,
-    aten.view.default,
-    aten.reshape.default,
-    aten.dropout.default,
-    aten.permute.default,
-}
-# Ops that change the range and get their own output quantization.
-_OWN_RANGE = {aten.adaptive_avg_pool2d.default, aten.mean.dim, aten.avg_pool2d.default}
+aten = torch.ops.aten
 
 ANNOTATION_KEY = "quantization_annotation"
 
@@ -69,6 +55,14 @@ class Int8Scheme:
             is_dynamic=False,
             observer_or_fake_quant_ctr=ctr,
         )
+
+    def table_spec(self) -> QuantizationSpec:
+        """Embedding tables: one symmetric int8 scale, since gathered rows keep the table's parameters."""
+        from torchao.quantization.pt2e.observer import MinMaxObserver
+
+        ctr = _fake_quant(MinMaxObserver, -127, 127, False, torch.per_tensor_symmetric)
+        return QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_tensor_symmetric,
+                                is_dynamic=False, observer_or_fake_quant_ctr=ctr)
 
     def weight_spec(self) -> QuantizationSpec:
         # Weight scales follow the weights' per-channel min/max: learned (LSQ) weight scales
@@ -117,52 +111,70 @@ def _only_user(node: Node, targets: set[Any]) -> Node | None:
     return None
 
 
-def _is_float_tensor(arg: Any) -> bool:
+def _is_float_tensor(arg: Any) -> TypeGuard[Node]:
     if not isinstance(arg, Node):
         return False
     val = arg.meta.get("val")
     return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
-class Int8Quantizer(Quantizer):
-    """Annotates conv/linear (+BN)(+ReLU), add/mul, pooling and reshapes of an exported graph."""
+def _float_input(arg: Any) -> TypeGuard[Node]:
+    """A float activation (not a parameter or buffer, which weighted ops quantize themselves)."""
+    return _is_float_tensor(arg) and arg.op != "get_attr"
 
-    def __init__(self, scheme: Int8Scheme | None = None) -> None:
+
+def _module_paths(node: Node) -> list[str]:
+    return [str(v[0]) for v in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+class Int8Quantizer(Quantizer):
+    """Annotates an exported graph for int8 following the op families in ``op_families.FAMILIES``.
+
+    ``float_modules`` keeps the ops of the named submodules (and their children) float, e.g. a head
+    that must stay exact; their inputs are dequantized where they leave an int8 op.
+    """
+
+    def __init__(self, scheme: Int8Scheme | None = None, *, float_modules: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.scheme = scheme or Int8Scheme()
+        self.float_modules = float_modules
+
+    def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+        return decompose_for_int8(model)
 
     def annotate(self, model: GraphModule) -> GraphModule:
         act = self.scheme.activation_spec()
-        weight = self.scheme.weight_spec()
+        handlers = {
+            "weighted": lambda n: self._annotate_weighted(n, act, self.scheme.weight_spec()),
+            "binary": lambda n: _annotate_binary(n, act),
+            "own": lambda n: _annotate_unary(n, act, act),
+            "fixed": lambda n: _annotate_unary(n, act, _unit_interval_spec()),
+            "matmul": lambda n: _annotate_binary(n, act),
+            "same": lambda n: _annotate_same(n, act),
+            "concat": lambda n: _annotate_concat(n, act),
+            "embedding": lambda n: _annotate_embedding(n, self.scheme.table_spec()),
+        }
+        # One pass in topological order: producers are annotated before the ops that share their range.
         for node in model.graph.nodes:
-            if node.op != "call_function" or _is_annotated(node):
+            if node.op != "call_function" or _is_annotated(node) or self._kept_float(node):
                 continue
-            if node.target in _WEIGHTED:
-                self._annotate_weighted(node, act, weight)
-            elif node.target in _BINARY:
-                self._annotate_binary(node, act)
-        # Second pass: ops that follow quantized producers.
-        for node in model.graph.nodes:
-            if node.op != "call_function" or _is_annotated(node):
-                continue
-            src = node.args[0] if node.args else None
-            if not isinstance(src, Node) or not _is_float_tensor(src):
-                continue
-            if node.target in _SAME_RANGE and _is_annotated(src):
-                _mark(node, {src: act}, SharedQuantizationSpec((src, node)))
-            elif node.target in _OWN_RANGE:
-                _mark(node, {src: act}, act)
+            family = family_of(node.target)
+            if family is not None and family.how in handlers:
+                handlers[family.how](node)
         return model
+
+    def _kept_float(self, node: Node) -> bool:
+        return any(p == m or p.startswith(m + ".") for p in _module_paths(node) for m in self.float_modules)
 
     def _annotate_weighted(self, node: Node, act: QuantizationSpec, weight: QuantizationSpec) -> None:
         x, w = node.args[0], node.args[1]
         if not isinstance(x, Node) or not isinstance(w, Node):
             return
         chain = [node]
-        bn = _only_user(node, _BATCH_NORM)
+        bn = _only_user(node, BATCH_NORM)
         if bn is not None:
             chain.append(bn)
-        relu = _only_user(chain[-1], _ACTIVATIONS)
+        relu = _only_user(chain[-1], FUSABLE_ACTIVATIONS)
         if relu is not None:
             chain.append(relu)
         # Bias stays float here: exporters store it as int32 with scale s_x * s_w.
@@ -172,18 +184,101 @@ class Int8Quantizer(Quantizer):
         if len(chain) > 1:
             _mark(chain[-1], None, act)
 
-    def _annotate_binary(self, node: Node, act: QuantizationSpec) -> None:
-        inputs: dict[Node, Any] = {a: act for a in node.args[:2] if isinstance(a, Node) and _is_float_tensor(a)}
-        if len(inputs) != 2:
-            return
-        relu = _only_user(node, _ACTIVATIONS)
-        if relu is None:
-            _mark(node, inputs, act)
-        else:
-            _mark(node, inputs, None)
-            _mark(relu, None, act)
-
     def validate(self, model: GraphModule) -> None:
         pass
 
 
+def _annotate_binary(node: Node, act: QuantizationSpec) -> None:
+    """add/mul/matmul: tensor operands int8; a scalar operand (hardsigmoid's +3, *1/6) stays a constant."""
+    operands = node.args[:2]
+    tensors = [a for a in operands if isinstance(a, Node)]
+    if not tensors or not all(_is_float_tensor(a) for a in tensors):
+        return
+    if any(not isinstance(a, (Node, int, float)) for a in operands):
+        return
+    inputs: dict[Node, Any] = {a: act for a in tensors}
+    relu = _only_user(node, FUSABLE_ACTIVATIONS)
+    if relu is None:
+        _mark(node, inputs, act)
+    else:
+        _mark(node, inputs, None)
+        _mark(relu, None, act)
+
+
+def _annotate_unary(node: Node, act: QuantizationSpec, out: Any) -> None:
+    x = node.args[0] if node.args else None
+    if _float_input(x):
+        _mark(node, {x: act}, out)
+
+
+def _annotate_same(node: Node, act: QuantizationSpec) -> None:
+    # Only where the input is already int8 (or is the graph input): a reshape inside a float
+    # region should not add quantize/dequantize pairs of its own.
+    x = node.args[0] if node.args else None
+    if _float_input(x) and (_is_annotated(x) or x.op == "placeholder"):
+        _mark(node, {x: act}, SharedQuantizationSpec((x, node)))
+
+
+def _annotate_concat(node: Node, act: QuantizationSpec) -> None:
+    args = node.args[0]
+    parts = [p for p in args if _float_input(p)] if isinstance(args, (list, tuple)) else []
+    if not parts or len(parts) != len(args):  # type: ignore[arg-type]
+        return
+    first = parts[0]
+    shared = SharedQuantizationSpec((first, node))
+    inputs: dict[Node, Any] = {first: act}
+    for p in parts[1:]:
+        inputs.setdefault(p, shared)
+    _mark(node, inputs, shared)
+
+
+def _annotate_embedding(node: Node, table: QuantizationSpec) -> None:
+    weight = node.args[0]
+    if isinstance(weight, Node) and _is_float_tensor(weight):
+        _mark(node, {weight: table}, SharedQuantizationSpec((weight, node)))
+
+
+def _unit_interval_spec() -> FixedQParamsQuantizationSpec:
+    return FixedQParamsQuantizationSpec(dtype=torch.int8, scale=1.0 / 256, zero_point=-128, quant_min=-128,
+                                        quant_max=127, qscheme=torch.per_tensor_affine)
+
+
+def decompose_for_int8(model: GraphModule) -> GraphModule:
+    """Rewrite ops no format has one int8 kernel for into ops that each have one.
+
+    hardsigmoid(x) -> relu6(x + 3) * (1/6) and silu(x) -> x * sigmoid(x): LiteRT lowers either as
+    two float ops between one dequantize/quantize pair, which it then leaves float (the 9
+    squeeze-excite gates of MobileNetV3-Small were 36 float ops). Annotated part by part, each part
+    gets its own int8 kernel (ADD with fused RELU6, MUL, LOGISTIC) in every format.
+    """
+    graph = model.graph
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "call_function" or family_of(node.target) is None:
+            continue
+        name = family_of(node.target).name  # type: ignore[union-attr]
+        if name not in ("hardsigmoid", "silu"):
+            continue
+        x = node.args[0]
+        with graph.inserting_before(node):
+            if name == "hardsigmoid":
+                shifted = _like(graph.call_function(aten.add.Tensor, (x, 3.0)), node, name)
+                clipped = _like(graph.call_function(aten.hardtanh.default, (shifted, 0.0, 6.0)), node, name)
+                out = _like(graph.call_function(aten.mul.Tensor, (clipped, 1.0 / 6.0)), node, name)
+            else:
+                gate = _like(graph.call_function(aten.sigmoid.default, (x,)), node, name)
+                out = _like(graph.call_function(aten.mul.Tensor, (x, gate)), node, name)
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        changed = True
+    if changed:
+        graph.lint()
+        model.recompile()
+    return model
+
+
+def _like(new: Node, old: Node, origin: str) -> Node:
+    # Keep the shape, module path and source location, so reports still name the original op.
+    new.meta.update({k: v for k, v in old.meta.items() if k != ANNOTATION_KEY})
+    new.meta["edgeforge_decomposed_from"] = origin
+    return new

@@ -1,0 +1,105 @@
+"""Which ops the int8 quantizer annotates, how, and which int8 kernel each format then runs.
+
+One row per op family. ``how`` picks the annotation in ``quantizer.py``:
+
+- ``weighted``: int8 per-channel weights, int8 input; BN and a following clamp-type activation fuse
+  into the op, so the quantized output comes after them (one requantization, as the int8 kernels do);
+- ``binary``: both tensor inputs int8 (a scalar operand stays a constant), own output range;
+- ``own``: int8 input, own learned output range;
+- ``same``: output shares the input's scale and zero-point (the op cannot leave the input's range,
+  and the int8 kernels of TFLite's resize/pool/concat want equal scales);
+- ``concat``: every input and the output share the first input's parameters;
+- ``fixed``: output parameters fixed at scale 1/256, zero-point -128 ([0, 1) on 256 levels), which
+  TFLite's int8 LOGISTIC and SOFTMAX kernels require;
+- ``matmul``: both activation inputs int8, own output range;
+- ``embedding``: int8 per-tensor table; the gathered rows share its parameters;
+- ``decomposed``: rewritten before annotation into ops above so every part gets an int8 kernel.
+
+``kernels`` says what each format runs for the family (checked by tests/test_op_coverage.py for
+ONNX, TFLite and Core ML; ExecuTorch per XNNPACK's quantized operator list). "float" means the
+format dequantizes, computes in float and requantizes: still correct to the carrier, but a float
+island on an int8-only accelerator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class OpFamily:
+    name: str
+    targets: tuple[Any, ...]
+    how: str
+    kernels: dict[str, str] = field(default_factory=dict)
+
+
+def _k(onnx: str, tflite: str, coreml: str, executorch: str) -> dict[str, str]:
+    return {"onnx": onnx, "tflite": tflite, "coreml": coreml, "executorch": executorch}
+
+
+_CM_INT8 = "conv/linear/matmul with int8 weights (constexpr_affine_dequantize); int8-int8 compute on A17/M4 ANE"
+_CM_FP16 = "fp16 between dequantize/quantize (Core ML quantizes activations at op boundaries only)"
+
+FAMILIES: tuple[OpFamily, ...] = (
+    OpFamily("conv (incl. depthwise, grouped)", (aten.conv1d.default, aten.conv2d.default), "weighted",
+             _k("QLinearConv", "CONV_2D / DEPTHWISE_CONV_2D int8", _CM_INT8, "XNNPACK qs8 conv (per-channel)")),
+    OpFamily("linear", (aten.linear.default,), "weighted",
+             _k("QGemm / QLinearMatMul", "FULLY_CONNECTED int8", _CM_INT8, "XNNPACK qs8 fully-connected")),
+    OpFamily("add / SE multiply (x * gate)", (aten.add.Tensor, aten.add_.Tensor, aten.mul.Tensor, aten.mul_.Tensor),
+             "binary", _k("QLinearAdd / QLinearMul", "ADD / MUL int8", _CM_FP16, "XNNPACK qs8 add / multiply")),
+    OpFamily("relu / relu6 / clamp / hardtanh", (aten.relu.default, aten.relu_.default, aten.relu6.default,
+             aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default), "own",
+             _k("fused into the producer's QLinear op, else float Clip/Relu", "fused activation, or RELU / RELU6 / "
+                "RELU_N1_TO_1 int8", _CM_FP16, "XNNPACK fused clamp")),
+    OpFamily("hardswish", (aten.hardswish.default, aten.hardswish_.default), "own",
+             _k("float HardSwish", "HARD_SWISH int8", _CM_FP16, "XNNPACK qs8 hardswish")),
+    OpFamily("hardsigmoid", (aten.hardsigmoid.default, aten.hardsigmoid_.default), "decomposed",
+             _k("QLinearAdd + Clip + QLinearMul", "ADD (fused RELU6) + MUL int8", _CM_FP16,
+                "XNNPACK qs8 add + clamp + multiply")),
+    OpFamily("sigmoid", (aten.sigmoid.default, aten.sigmoid_.default), "fixed",
+             _k("QLinearSigmoid", "LOGISTIC int8", _CM_FP16, "XNNPACK qs8 sigmoid")),
+    OpFamily("silu", (aten.silu.default, aten.silu_.default), "decomposed",
+             _k("QLinearSigmoid + QLinearMul", "LOGISTIC + MUL int8", _CM_FP16, "XNNPACK qs8 sigmoid + multiply")),
+    OpFamily("gelu", (aten.gelu.default,), "own",
+             _k("float Gelu", "GELU int8 (lookup table)", _CM_FP16, "float (no qs8 GELU in XNNPACK)")),
+    OpFamily("softmax", (aten.softmax.int, aten._softmax.default), "fixed",
+             _k("QLinearSoftmax", "SOFTMAX int8", _CM_FP16, "float (XNNPACK softmax is fp32)")),
+    OpFamily("layer norm", (aten.layer_norm.default,), "own",
+             _k("float LayerNormalization", "float: no int8 layer-norm builtin (MEAN/SUB/RSQRT... island)",
+                _CM_FP16, "float (no qs8 layer norm in XNNPACK)")),
+    OpFamily("matmul / bmm", (aten.matmul.default, aten.bmm.default), "matmul",
+             _k("QLinearMatMul", "BATCH_MATMUL int8", _CM_INT8, "XNNPACK qs8 batch matmul")),
+    OpFamily("global pooling (adaptive avg pool, mean)", (aten.adaptive_avg_pool2d.default, aten.mean.dim,
+             aten.avg_pool2d.default), "own",
+             _k("QLinearGlobalAveragePool / QLinearAveragePool", "MEAN / AVERAGE_POOL_2D int8", _CM_FP16,
+                "XNNPACK qs8 global average pooling")),
+    OpFamily("concat", (aten.cat.default, aten.concat.default), "concat",
+             _k("QLinearConcat", "CONCATENATION int8", _CM_FP16, "XNNPACK qs8 concatenate")),
+    OpFamily("upsample / interpolate", (aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default,
+             aten.upsample_bilinear2d.vec, aten.upsample_bilinear2d.default), "same",
+             _k("int8 Resize", "RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR int8", _CM_FP16,
+                "XNNPACK resize bilinear (qs8); nearest float")),
+    OpFamily("max pool, reshapes, dropout", (aten.max_pool2d.default, aten.flatten.using_ints, aten.view.default,
+             aten.reshape.default, aten.dropout.default, aten.permute.default, aten.transpose.int,
+             aten.squeeze.dim, aten.unsqueeze.default), "same",
+             _k("int8 MaxPool / Reshape / Transpose (Q/DQ dropped)", "MAX_POOL_2D / RESHAPE / TRANSPOSE int8",
+                _CM_FP16, "XNNPACK qs8 max pooling; reshapes are copies")),
+    OpFamily("embedding lookup", (aten.embedding.default,), "embedding",
+             _k("Gather on the int8 table", "GATHER int8", "gather on an int8 constexpr table",
+                "float gather (weight dequantized)")),
+)
+
+BY_TARGET: dict[Any, OpFamily] = {t: f for f in FAMILIES for t in f.targets}
+FUSABLE_ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.relu6.default, aten.hardtanh.default,
+                       aten.hardtanh_.default, aten.clamp.default}
+BATCH_NORM = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
+
+
+def family_of(target: Any) -> OpFamily | None:
+    return BY_TARGET.get(target)
