@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -48,6 +48,18 @@ _LIMIT_FLAGS = {
 }
 
 
+def _writable_file(flag: str, value: str | None) -> None:
+    from pathlib import Path
+
+    if value is None:
+        return
+    p = Path(value)
+    if p.is_dir():
+        raise EdgeforgeError(f"{flag} {value}: is a folder; give a file path, e.g. {p / 'edgeforge-check.xml'}")
+    if not p.parent.is_dir():
+        raise EdgeforgeError(f"{flag} {value}: the folder {p.parent} does not exist; create it first")
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -55,10 +67,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .config import RegressionConfig, load_config
     from .regression import check, to_junit, to_markdown
 
+    _writable_file("--junit", args.junit)
+    _writable_file("--markdown", args.markdown)
     base = load_config(args.config).config.regression if args.config else RegressionConfig()
     given = {field: getattr(args, flag) for flag, field in _LIMIT_FLAGS.items() if getattr(args, flag) is not None}
     limits = base.model_copy(update=given)
-    result = check(args.manifest, args.baseline, limits)
+    result = check(args.manifest, args.baseline, limits, only_common=args.only_common)
+    for d in result.differences:
+        print(f"differs: {d}")
     for c in result.comparisons:
         mark = "skip" if c.skipped else ("ok  " if c.passed else "FAIL")
         print(f"{mark} {c.target}: {c.check}: {c.message}")
@@ -69,7 +85,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.markdown:
         atomic_write_text(Path(args.markdown), to_markdown(result, args.manifest, args.baseline))
     n = len(result.failures)
-    print(f"edgeforge check: {'regression in ' + str(n) + ' check(s)' if n else 'no regression'}", file=sys.stderr)
+    why = " (the builds differ, see 'differs:' above)" if n and result.differences else ""
+    print(f"edgeforge check: {'regression in ' + str(n) + ' check(s)' + why if n else 'no regression'}",
+          file=sys.stderr)
     return result.exit_code
 
 
@@ -95,18 +113,43 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1, the error code: 2 means a gate failed, and CI must not read a typo as a regression."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+def _config_arg(value: str) -> str:
+    """A config file, or a folder holding exactly one edgeforge.yaml."""
+    from pathlib import Path
+
+    p = Path(value)
+    if not p.is_dir():
+        return value
+    if (p / "edgeforge.yaml").is_file():
+        return str(p / "edgeforge.yaml")
+    found = sorted(x.name for x in p.glob("*.y*ml"))
+    hint = f"; YAML files there: {', '.join(found[:5])}" if found else ""
+    raise argparse.ArgumentTypeError(f"{value} is a folder without an edgeforge.yaml{hint}; pass the config file")
+
+
+CONFIG_HELP = "the build's edgeforge.yaml (or the folder that holds it)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edgeforge", description="Distil, quantize, export and gate models for edge targets.")
+    ap = _Parser(prog="edgeforge", description="Distil, quantize, export and gate models for edge targets.")
     ap.add_argument("--version", action="version", version=f"edgeforge {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="run the pipeline for a config; exit 0 pass, 2 gate failed, 1 error")
-    b.add_argument("config")
+    b.add_argument("config", type=_config_arg, help=CONFIG_HELP)
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted)")
     b.add_argument("--target", action="append", metavar="NAME", help="build only these targets (repeatable)")
     b.add_argument("--all-targets", action="store_true", help="build every target profile found")
     b.set_defaults(func=_cmd_build)
     p = sub.add_parser("preflight", help="export the untrained student for every target, before any training")
-    p.add_argument("config")
+    p.add_argument("config", type=_config_arg, help=CONFIG_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--target", action="append", metavar="NAME")
     p.add_argument("--all-targets", action="store_true")
@@ -114,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="compare a build's manifest with a baseline; exit 0 ok, 2 regression, 1 error")
     c.add_argument("manifest", help="manifest.json of the new build")
     c.add_argument("--baseline", required=True, help="manifest.json of the release to compare against")
+    c.add_argument("--only-common", action="store_true", help="compare only the targets both builds have "
+                   "(the baseline's others are listed as skipped, not failed)")
     c.add_argument("--config", help="take the allowed deltas from this config's regression: section")
     c.add_argument("--max-top1-drop", type=float, help="allowed top-1 drop in points (default 0.3)")
     c.add_argument("--max-retention-drop", type=float, help="allowed retention drop (default 0.003)")

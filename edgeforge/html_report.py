@@ -29,9 +29,41 @@ def _e(v: Any) -> str:
 
 
 def _axis_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi]: about ``n`` of them."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return [0.0, 1.0]
     if hi <= lo:
-        hi = lo + 1
-    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+        half = abs(lo) * 0.01 or 0.5
+        lo, hi = lo - half, hi + half
+    raw = (hi - lo) / max(1, n - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(k * step, 12) for k in range(first, last + 1)]
+
+
+def _tick_label(v: float, ticks: list[float]) -> str:
+    """Enough decimals to tell neighbouring ticks apart and no more (0.995, not 0.9950000001)."""
+    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
+    return f"{v:.{decimals}f}"
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks in log10 space at 1, 2, 5 x 10^k (or whole decades when the span is wide)."""
+    mults = (1, 2, 5) if hi - lo < 2 else (1,)
+    ticks = [math.log10(m) + k for k in range(math.floor(lo), math.ceil(hi) + 1) for m in mults]
+    inside = [t for t in ticks if lo - 1e-9 <= t <= hi + 1e-9]
+    return inside if len(inside) >= 2 else [math.floor(lo), math.ceil(hi)]
+
+
+def _point_label(label: str, x: float, y: float, bounds: tuple[float, float, float, float]) -> str:
+    """A point's name beside it, flipped left or below when it would leave the plot area."""
+    left, top, right, _ = bounds
+    width = 6.0 * len(label)  # ~ width of a 10 px system-ui glyph
+    anchor, tx = ("end", x - 8) if x + 8 + width > right and x - 8 - width >= left else ("start", x + 8)
+    ty = y + 16 if y - 8 - 10 < top else y - 8
+    return f'<text x="{tx:.1f}" y="{ty:.1f}" font-size="10" text-anchor="{anchor}">{_e(label)}</text>'
 
 
 def _scatter(points: list[tuple[str, float, float, str]], xlabel: str, ylabel: str, *, logx: bool = False,
@@ -42,11 +74,12 @@ def _scatter(points: list[tuple[str, float, float, str]], xlabel: str, ylabel: s
     ml, mr, mt, mb = 60, 20, 20, 50
     xs = [math.log10(p[1]) if logx else p[1] for p in points]
     ys = [p[2] for p in points]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    padx = (x1 - x0) * 0.1 or 0.5
-    pady = (y1 - y0) * 0.15 or 0.005
-    x0, x1, y0, y1 = x0 - padx, x1 + padx, y0 - pady, y1 + pady
+    padx = (max(xs) - min(xs)) * 0.1 or 0.5
+    pady = (max(ys) - min(ys)) * 0.15 or 0.005
+    xt = _log_ticks(min(xs) - padx, max(xs) + padx) if logx else _axis_ticks(min(xs) - padx, max(xs) + padx)
+    yt = _axis_ticks(min(ys) - pady, max(ys) + pady)
+    x0, x1 = min(xt[0], min(xs) - padx), max(xt[-1], max(xs) + padx)
+    y0, y1 = yt[0], yt[-1]
 
     def sx(v: float) -> float:
         return ml + (v - x0) / (x1 - x0) * (w - ml - mr)
@@ -58,12 +91,12 @@ def _scatter(points: list[tuple[str, float, float, str]], xlabel: str, ylabel: s
            f'<rect width="{w}" height="{h}" fill="#fff"/>',
            f'<line x1="{ml}" y1="{h - mb}" x2="{w - mr}" y2="{h - mb}" stroke="#333"/>',
            f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{h - mb}" stroke="#333"/>']
-    for t in _axis_ticks(x0, x1):
-        label = f"{10 ** t:.3g}" if logx else f"{t:.3g}"
+    for t in xt:
+        label = (f"{10 ** t:,.0f}" if t >= 0 else f"{10 ** t:.2g}") if logx else _tick_label(t, xt)
         out.append(f'<text x="{sx(t):.1f}" y="{h - mb + 16}" font-size="10" text-anchor="middle">{label}</text>')
-    for t in _axis_ticks(y0, y1):
+    for t in yt:
         out.append(f'<line x1="{ml}" y1="{sy(t):.1f}" x2="{w - mr}" y2="{sy(t):.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{ml - 6}" y="{sy(t) + 3:.1f}" font-size="10" text-anchor="end">{t:.4g}</text>')
+        out.append(f'<text x="{ml - 6}" y="{sy(t) + 3:.1f}" font-size="10" text-anchor="end">{_tick_label(t, yt)}</text>')
     out.append(f'<text x="{(ml + w - mr) / 2}" y="{h - 10}" font-size="12" text-anchor="middle">{_e(xlabel)}</text>')
     out.append(f'<text x="14" y="{(mt + h - mb) / 2}" font-size="12" text-anchor="middle" '
                f'transform="rotate(-90 14 {(mt + h - mb) / 2})">{_e(ylabel)}</text>')
@@ -71,7 +104,7 @@ def _scatter(points: list[tuple[str, float, float, str]], xlabel: str, ylabel: s
     for (label, _, y, colour), x in zip(points, xs, strict=True):
         out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="6" fill="{colour}" fill-opacity=".8"><title>{_e(label)}</title></circle>')
         if labelled:
-            out.append(f'<text x="{sx(x) + 8:.1f}" y="{sy(y) - 8:.1f}" font-size="10">{_e(label)}</text>')
+            out.append(_point_label(label, sx(x), sy(y), (0, 0, w, h)))
     out.append("</svg>")
     return "".join(out)
 
@@ -84,7 +117,8 @@ def _latency_boxes(rows: list[tuple[str, list[float], str]], w: int = 1040) -> s
     ml, mr, row_h = 200, 30, 34
     h = 40 + row_h * len(rows)
     allv = sorted(v for _, s, _ in rows for v in s)
-    lo, hi = 0.0, allv[min(len(allv) - 1, int(len(allv) * 0.995))] * 1.1
+    ticks = _axis_ticks(0.0, allv[min(len(allv) - 1, int(len(allv) * 0.995))] * 1.05 or 1e-3)
+    hi = ticks[-1]
 
     def sx(v: float) -> float:
         return ml + min(v, hi) / hi * (w - ml - mr)
@@ -95,9 +129,9 @@ def _latency_boxes(rows: list[tuple[str, list[float], str]], w: int = 1040) -> s
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="latency distributions">',
            f'<rect width="{w}" height="{h}" fill="#fff"/>']
-    for t in _axis_ticks(lo, hi):
+    for t in ticks:
         out.append(f'<line x1="{sx(t):.1f}" y1="10" x2="{sx(t):.1f}" y2="{h - 25}" stroke="#eee"/>')
-        out.append(f'<text x="{sx(t):.1f}" y="{h - 10}" font-size="10" text-anchor="middle">{t:.3g} ms</text>')
+        out.append(f'<text x="{sx(t):.1f}" y="{h - 10}" font-size="10" text-anchor="middle">{_tick_label(t, ticks)} ms</text>')
     for i, (label, s, colour) in enumerate(rows):
         y = 20 + i * row_h + row_h / 2
         p1, p25, p50, p75, p99 = (pct(s, q) for q in (1, 25, 50, 75, 99))
@@ -117,7 +151,8 @@ def _per_class_bars(names: list[str], series: list[tuple[str, list[float], str]]
         return "<p>No validated artifacts.</p>"
     ml, mr, mt, mb = 50, 20, 20, 60
     vals = [v for _, s, _ in series for v in s if not math.isnan(v)]
-    m = max(1.0, max((abs(v) for v in vals), default=1.0)) * 1.1
+    ticks = _axis_ticks(0.0, max(1.0, max((abs(v) for v in vals), default=1.0)), n=3)
+    m = ticks[-1]
 
     def sy(v: float) -> float:
         return mt + (m - v) / (2 * m) * (h - mt - mb)
@@ -126,9 +161,10 @@ def _per_class_bars(names: list[str], series: list[tuple[str, list[float], str]]
     bar_w = max(2.0, group_w * 0.8 / len(series))
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="per-class accuracy change">',
            f'<rect width="{w}" height="{h}" fill="#fff"/>']
-    for t in (-m, -m / 2, 0.0, m / 2, m):
+    for t in sorted({-v for v in ticks} | set(ticks)):
         out.append(f'<line x1="{ml}" y1="{sy(t):.1f}" x2="{w - mr}" y2="{sy(t):.1f}" stroke="{"#333" if t == 0 else "#eee"}"/>')
-        out.append(f'<text x="{ml - 6}" y="{sy(t) + 3:.1f}" font-size="10" text-anchor="end">{t:+.2g}</text>')
+        out.append(f'<text x="{ml - 6}" y="{sy(t) + 3:.1f}" font-size="10" text-anchor="end">'
+                   f'{"0" if t == 0 else "+" * (t > 0) + _tick_label(t, ticks)}</text>')
     for ci, cname in enumerate(names):
         gx = ml + ci * group_w + group_w * 0.1
         out.append(f'<text x="{ml + (ci + 0.5) * group_w:.1f}" y="{h - mb + 16}" font-size="10" text-anchor="middle">{_e(cname)}</text>')
@@ -214,7 +250,8 @@ def render_html(m: dict[str, Any]) -> str:
                                  for t in valid]))
     parts.append("<p style='font-size:.8rem;color:#555'>Whiskers p1-p99, box p25-p75, bar the median; batch 1 after warm-up.</p>")
     teacher_pc = models["teacher"]["per_class_top1"]
-    series = [(t["name"], [(a - b) * 100 for a, b in zip(t["metrics"]["per_class_top1"], teacher_pc, strict=True)],
+    series = [(t["name"], [(a - b) * 100 if a is not None and b is not None else math.nan
+                         for a, b in zip(t["metrics"]["per_class_top1"], teacher_pc, strict=True)],
                palette[t["name"]]) for t in valid]
     parts.append("<h2>Per-class top-1 change vs the teacher (points)</h2>")
     parts.append(_per_class_bars(m["data"]["class_names"], series))

@@ -1,32 +1,30 @@
-"""Regression check of a build's manifest against a baseline manifest, per target and check."""
+"""Regression check of a build's manifest against a baseline manifest.
+
+First whether the two builds can be compared at all (same model; same teacher, data and host
+class, or else which numbers such a difference moves), then per target and check. A difference
+of teacher, data or CPU is said before any number, so it is never read as a model regression.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import RegressionConfig
 from .errors import EdgeforgeError
-from .manifest import SCHEMA
+from .manifest_read import read_manifest
+from .records import Comparison
 
-
-@dataclass
-class Comparison:
-    target: str
-    check: str
-    passed: bool
-    message: str
-    skipped: bool = False
-    old: float | None = None
-    new: float | None = None
+__all__ = ["CheckResult", "Comparison", "check", "compare", "read_manifest", "to_junit", "to_markdown"]
 
 
 @dataclass
 class CheckResult:
     comparisons: list[Comparison] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)  # why the builds are not alike: said first
     notes: list[str] = field(default_factory=list)
+    skipped_targets: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[Comparison]:
@@ -37,91 +35,175 @@ class CheckResult:
         return 2 if self.failures else 0
 
 
-def read_manifest(path: str | Path, role: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise EdgeforgeError(f"{role} manifest not found: {p}")
-    try:
-        m = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgeforgeError(f"{p}: not a JSON manifest ({exc})") from None
-    if not isinstance(m, dict) or m.get("schema") != SCHEMA:
-        got = m.get("schema") if isinstance(m, dict) else type(m).__name__
-        raise EdgeforgeError(f"{p}: manifest schema {got!r} is not {SCHEMA!r}; rebuild it with this edgeforge")
-    return m
+def _cmp(target: str, check: str, passed: bool, message: str, *, old: Any = None, new: Any = None,
+         limit: Any = None, skipped: bool = False) -> Comparison:
+    return Comparison(target=target, check=check, passed=passed, new=new, old=old, limit=limit, message=message,
+                      skipped=skipped)
 
 
-def _same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(a["host"].get(k) == b["host"].get(k) for k in ("platform", "machine", "cpus"))
+def _short(digest: Any) -> str:
+    return f"{digest[:12]}..." if isinstance(digest, str) else "not recorded"
 
 
-def compare(new: dict[str, Any], old: dict[str, Any], limits: RegressionConfig) -> CheckResult:
+def host_label(m: dict[str, Any]) -> str:
+    """The host as a reader knows it: CPU model and int8 kernel class when recorded."""
+    host = m.get("host") or {}
+    cpu: dict[str, Any] = host["cpu"] if isinstance(host.get("cpu"), dict) else {}
+    model = cpu.get("model") or host.get("machine") or "unknown"
+    klass = cpu.get("int8_class")
+    return f"{model}, {host.get('cpus', '?')} cpu(s)" + (f", {klass}" if klass else "")
+
+
+def _int8_class(m: dict[str, Any]) -> Any:
+    cpu = (m.get("host") or {}).get("cpu")
+    return cpu.get("int8_class") if isinstance(cpu, dict) else None
+
+
+@dataclass
+class Alike:
+    """What two builds share; each False turns some checks into 'not compared' with the reason."""
+
+    teacher: bool = True
+    data: bool = True
+    machine: bool = True
+    int8_kernels: bool = True
+    why_top1: str = ""
+
+
+def _alike(new: dict[str, Any], old: dict[str, Any], res: CheckResult) -> Alike:
+    a = Alike()
+    nt, ot = new["models"]["teacher"].get("sha256"), old["models"]["teacher"].get("sha256")
+    if nt and ot and nt != ot:
+        a.teacher = False
+        res.differences.append(f"the builds do not share a teacher (sha256 {_short(ot)} in the baseline, {_short(nt)} "
+                               "here): top-1 moves with the teacher, so it is not compared; retention and drift, "
+                               "which are relative to the teacher, are")
+    if new["data"]["sha256"] != old["data"]["sha256"]:
+        a.data = False
+        res.differences.append(f"the builds evaluated different data (sha256 {_short(old['data']['sha256'])} vs "
+                               f"{_short(new['data']['sha256'])}): top-1 is not compared; retention and drift are")
+    a.why_top1 = "different teachers" if not a.teacher else ("different data" if not a.data else "")
+    hn, ho = host_label(new), host_label(old)
+    a.machine = hn == ho and new["host"].get("machine") == old["host"].get("machine")
+    nk, ok = _int8_class(new), _int8_class(old)
+    a.int8_kernels = nk == ok if nk and ok else a.machine
+    if not a.int8_kernels:
+        res.differences.append(f"the builds ran on different host classes ('{ho}' vs '{hn}'): int8 kernels and float "
+                               "training differ by CPU, so int8 results can move without a model change; build the "
+                               "baseline on this host class to tell the two apart")
+    elif not a.machine:
+        res.differences.append(f"measured on different machines: host '{ho}' vs '{hn}': latency is not compared")
+    return a
+
+
+def compare(new: dict[str, Any], old: dict[str, Any], limits: RegressionConfig, *,
+            only_common: bool = False) -> CheckResult:
+    """Compare ``new`` against the baseline ``old`` (both manifests as read by ``read_manifest``).
+
+    ``only_common``: targets of the baseline missing from this build are listed as skipped, not failed.
+    """
     if new["name"] != old["name"] or new["data"]["num_classes"] != old["data"]["num_classes"]:
         raise EdgeforgeError(
             f"the manifests describe different models ('{new['name']}' with {new['data']['num_classes']} classes vs "
             f"'{old['name']}' with {old['data']['num_classes']}); compare builds of the same model"
         )
     res = CheckResult()
-    if new["data"]["sha256"] != old["data"]["sha256"]:
-        res.notes.append("the evaluation data changed between the builds: accuracy deltas include the data change")
-    same_machine = _same_machine(new, old)
+    alike = _alike(new, old, res)
     new_t = {t["name"]: t for t in new["targets"]}
-    for name, o in ((t["name"], t) for t in old["targets"]):
-        n = new_t.get(name)
+    for o in old["targets"]:
+        name, n = o["name"], new_t.get(o["name"])
         if n is None:
-            res.comparisons.append(Comparison(name, "present", False, "target is in the baseline but missing from this build"))
-            continue
-        if n["status"] != "validated":
-            res.comparisons.append(Comparison(name, "status", o["status"] != "validated",
-                                              f"status {n['status']} (baseline {o['status']}): {n.get('reason', '')}"))
-            continue
-        if o["status"] != "validated":
-            res.notes.append(f"{name}: the baseline was {o['status']}; nothing to compare against")
-            continue
-        res.comparisons += _compare_target(name, n, o, limits, same_machine)
-    for name in sorted(set(new_t) - {t["name"] for t in old["targets"]}):
-        res.notes.append(f"{name}: new target, not in the baseline")
+            if only_common:
+                res.skipped_targets.append(name)
+            else:
+                res.comparisons.append(_cmp(name, "present", False, "in the baseline but not in this build "
+                                            "(check --only-common compares only the targets both builds have)"))
+        elif n["status"] != "validated":
+            res.comparisons.append(_cmp(name, "status", o["status"] != "validated",
+                                        f"status {n['status']} (baseline {o['status']}): {n.get('reason') or ''}"))
+        elif o["status"] != "validated":
+            res.notes.append(f"{name}: {o['status']} in the baseline; nothing to compare against")
+        else:
+            res.comparisons += _compare_target(name, n, o, limits, alike)
+    if res.skipped_targets:
+        res.notes.append(f"not compared, not in this build: {', '.join(res.skipped_targets)}")
+    added = sorted(set(new_t) - {t["name"] for t in old["targets"]})
+    if added:
+        res.notes.append(f"new, not in the baseline: {', '.join(added)}")
     return res
 
 
-def _compare_target(name: str, n: dict[str, Any], o: dict[str, Any], lim: RegressionConfig,
-                    same_machine: bool) -> list[Comparison]:
-    nm, om = n["metrics"], o["metrics"]
+def _compare_accuracy(name: str, nm: dict[str, Any], om: dict[str, Any], lim: RegressionConfig,
+                      alike: Alike) -> list[Comparison]:
     out = []
-    drop = (om["top1"] - nm["top1"]) * 100
-    out.append(Comparison(name, "top1", drop <= lim.max_top1_drop_points,
-                          f"top-1 {om['top1'] * 100:.2f}% -> {nm['top1'] * 100:.2f}% ({-drop:+.2f} pt, allowed -{lim.max_top1_drop_points} pt)",
-                          old=om["top1"], new=nm["top1"]))
-    rdrop = om["retention"] - nm["retention"]
-    out.append(Comparison(name, "retention", rdrop <= lim.max_retention_drop,
-                          f"retention {om['retention']:.4f} -> {nm['retention']:.4f} (allowed drop {lim.max_retention_drop})",
-                          old=om["retention"], new=nm["retention"]))
-    dinc = abs(nm["drift_points"]) - abs(om["drift_points"])
-    out.append(Comparison(name, "drift", dinc <= lim.max_drift_increase_points,
-                          f"|drift| vs {nm['reference']} {abs(om['drift_points']):.2f} -> {abs(nm['drift_points']):.2f} pt "
-                          f"(allowed +{lim.max_drift_increase_points} pt)", old=om["drift_points"], new=nm["drift_points"]))
-    growth = nm["size_bytes"] / om["size_bytes"] - 1
-    out.append(Comparison(name, "size", growth <= lim.max_size_growth,
-                          f"size {om['size_bytes']:,} -> {nm['size_bytes']:,} B ({growth:+.1%}, allowed +{lim.max_size_growth:.0%})",
-                          old=om["size_bytes"], new=nm["size_bytes"]))
-    nl, ol = nm.get("latency"), om.get("latency")
-    if not nl or not ol:
-        out.append(Comparison(name, "latency", True, "latency not measured in one of the builds", skipped=True))
-    elif not same_machine or nl["measured_on"] != ol["measured_on"] or nl["threads"] != ol["threads"]:
-        out.append(Comparison(name, "latency", True,
-                              f"not compared: measured on different machines or settings ({ol['measured_on']} vs "
-                              f"{nl['measured_on']}); compare latency only between builds on the same machine",
-                              skipped=True))
+    if alike.why_top1:
+        out.append(_cmp(name, "top1", True, f"not compared: {alike.why_top1} (top-1 {om['top1'] * 100:.2f}% -> "
+                        f"{nm['top1'] * 100:.2f}%)", old=om["top1"], new=nm["top1"], skipped=True))
     else:
-        for p in ("p50_ms", "p90_ms"):
-            if nl.get(p) is None or ol.get(p) is None:
-                out.append(Comparison(name, f"latency_{p[:-3]}", True, f"{p[:-3]} not reported by the device tool",
-                                      skipped=True))
-                continue
-            g = nl[p] / ol[p] - 1
-            out.append(Comparison(name, f"latency_{p[:-3]}", g <= lim.max_latency_growth,
-                                  f"{p[:-3]} latency {ol[p]:.4f} -> {nl[p]:.4f} ms ({g:+.1%}, allowed +{lim.max_latency_growth:.0%})",
-                                  old=ol[p], new=nl[p]))
+        drop = (om["top1"] - nm["top1"]) * 100
+        out.append(_cmp(name, "top1", drop <= lim.max_top1_drop_points + 1e-9,
+                        f"top-1 {om['top1'] * 100:.2f}% -> {nm['top1'] * 100:.2f}% ({-drop:+.2f} pt, "
+                        f"allowed -{lim.max_top1_drop_points} pt)", old=om["top1"], new=nm["top1"],
+                        limit=lim.max_top1_drop_points))
+    if nm.get("retention") is None or om.get("retention") is None:
+        out.append(_cmp(name, "retention", True, "retention not recorded in "
+                        f"{'either build' if nm.get('retention') is om.get('retention') else 'one build'}",
+                        skipped=True))
+    else:
+        rdrop = om["retention"] - nm["retention"]
+        out.append(_cmp(name, "retention", rdrop <= lim.max_retention_drop + 1e-12,
+                        f"retention {om['retention']:.4f} -> {nm['retention']:.4f} (allowed drop {lim.max_retention_drop})",
+                        old=om["retention"], new=nm["retention"], limit=lim.max_retention_drop))
+    dinc = abs(nm["drift_points"]) - abs(om["drift_points"])
+    out.append(_cmp(name, "drift", dinc <= lim.max_drift_increase_points + 1e-9,
+                    f"|drift| vs {nm['reference']} {abs(om['drift_points']):.2f} -> {abs(nm['drift_points']):.2f} pt "
+                    f"(allowed +{lim.max_drift_increase_points} pt)", old=om["drift_points"], new=nm["drift_points"],
+                    limit=lim.max_drift_increase_points))
+    return out
+
+
+def _compare_target(name: str, n: dict[str, Any], o: dict[str, Any], lim: RegressionConfig,
+                    alike: Alike) -> list[Comparison]:
+    nm, om = n["metrics"], o["metrics"]
+    out = _compare_accuracy(name, nm, om, lim, alike)
+    growth = nm["size_bytes"] / om["size_bytes"] - 1
+    out.append(_cmp(name, "size", growth <= lim.max_size_growth + 1e-12,
+                    f"size {om['size_bytes']:,} -> {nm['size_bytes']:,} B ({growth:+.1%}, allowed +{lim.max_size_growth:.0%})",
+                    old=om["size_bytes"], new=nm["size_bytes"], limit=lim.max_size_growth))
+    return out + _compare_latency(name, nm.get("latency"), om.get("latency"), lim, alike)
+
+
+def _latency_skip(nl: dict[str, Any] | None, ol: dict[str, Any] | None, alike: Alike) -> str | None:
+    if not nl and not ol:
+        return "latency not measured in either build"
+    if not nl or not ol:
+        return f"latency measured only in {'the baseline' if ol else 'this build'}"
+    if nl.get("measured_on") != ol.get("measured_on"):
+        return f"not compared: measured on '{ol.get('measured_on')}' in the baseline, '{nl.get('measured_on')}' here"
+    if nl.get("measured_on") == "host" and not alike.machine:
+        return "not compared: measured on different machines (see above)"
+    if nl.get("threads") != ol.get("threads") or nl.get("batch") != ol.get("batch"):
+        return (f"not compared: batch {ol.get('batch')} / {ol.get('threads')} thread(s) in the baseline, "
+                f"batch {nl.get('batch')} / {nl.get('threads')} here")
+    return None
+
+
+def _compare_latency(name: str, nl: dict[str, Any] | None, ol: dict[str, Any] | None, lim: RegressionConfig,
+                     alike: Alike) -> list[Comparison]:
+    why = _latency_skip(nl, ol, alike)
+    if why or nl is None or ol is None:
+        return [_cmp(name, "latency", True, why or "", skipped=True)]
+    out = []
+    for p in ("p50_ms", "p90_ms"):
+        a, b = ol.get(p), nl.get(p)
+        if not a or b is None:
+            out.append(_cmp(name, f"latency_{p[:-3]}", True, f"{p[:-3]} not reported in "
+                            f"{'the baseline' if not a else 'this build'}", skipped=True))
+            continue
+        g = b / a - 1
+        out.append(_cmp(name, f"latency_{p[:-3]}", g <= lim.max_latency_growth,
+                        f"{p[:-3]} latency {a:.4f} -> {b:.4f} ms ({g:+.1%}, allowed +{lim.max_latency_growth:.0%})",
+                        old=a, new=b, limit=lim.max_latency_growth))
     return out
 
 
@@ -140,16 +222,17 @@ def to_junit(res: CheckResult, suite: str = "edgeforge.check") -> str:
         elif c.skipped:
             lines.append(f"    <skipped message={quoteattr(c.message)}/>")
         lines.append("  </testcase>")
-    if res.notes:
-        lines.append(f"  <system-out>{escape(chr(10).join(res.notes))}</system-out>")
+    if res.differences or res.notes:
+        lines.append(f"  <system-out>{escape(chr(10).join(res.differences + res.notes))}</system-out>")
     lines.append("</testsuite></testsuites>")
     return "\n".join(lines) + "\n"
 
 
 def to_markdown(res: CheckResult, new_name: str, old_name: str) -> str:
     head = "regressed" if res.failures else "no regression"
-    lines = [f"### edgeforge check: {head}", "", f"`{new_name}` against baseline `{old_name}`", "",
-             "| target | check | result | detail |", "|---|---|---|---|"]
+    lines = [f"### edgeforge check: {head}", "", f"`{new_name}` against baseline `{old_name}`", ""]
+    lines += [f"> **{d}**" for d in res.differences] + ([""] if res.differences else [])
+    lines += ["| target | check | result | detail |", "|---|---|---|---|"]
     for c in res.comparisons:
         verdict = "skipped" if c.skipped else ("pass" if c.passed else "**FAIL**")
         lines.append(f"| {c.target} | {c.check} | {verdict} | {c.message} |")
@@ -158,7 +241,8 @@ def to_markdown(res: CheckResult, new_name: str, old_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check(new_path: str | Path, baseline_path: str | Path, limits: RegressionConfig | None = None) -> CheckResult:
+def check(new_path: str | Path, baseline_path: str | Path, limits: RegressionConfig | None = None, *,
+          only_common: bool = False) -> CheckResult:
     new = read_manifest(new_path, "new")
     old = read_manifest(baseline_path, "baseline")
-    return compare(new, old, limits or RegressionConfig())
+    return compare(new, old, limits or RegressionConfig(), only_common=only_common)

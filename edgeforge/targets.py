@@ -168,7 +168,12 @@ def resolve(names: Iterable[str], dirs: Iterable[Path] = ()) -> list[TargetProfi
     profiles = []
     for name in names:
         if name not in index:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(index), n=1, cutoff=0.6)
             known = ", ".join(sorted(index)) or "none"
-            raise ConfigError(f"unknown target '{name}'; available: {known} (add a profile to targets/ or target_dirs)")
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"unknown target '{name}'; {hint}available: {known} "
+                              "(add a profile to targets/ or target_dirs)")
         profiles.append(load_profile(index[name]))
     return profiles

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from torch import nn
 
 from .data import Split
 from .errors import EdgeforgeError
+from .progress import Progress
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
@@ -45,7 +44,8 @@ def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def progress_enabled(flag: bool) -> bool:
-    return flag and not os.environ.get("CI") and sys.stderr.isatty()
+    """Whether a loop reports progress: a bar on a terminal, timed lines in a log (see progress.py)."""
+    return flag
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -120,11 +120,8 @@ def fit(
     result = TrainResult(best_state={}, best_epoch=-1, best_val_top1=-1.0)
     seen = 0
     start = time.perf_counter()
-    bar = None
-    if progress_enabled(show_progress):
-        from tqdm import tqdm
-
-        bar = tqdm(total=epochs, desc=stage, unit="epoch", leave=False)
+    progress = Progress(stage, epochs, enabled=show_progress)
+    n_batches = (len(train) + batch_size - 1) // batch_size
     for epoch in range(epochs):
         t0 = time.perf_counter()
         factor = lr_factor(schedule, epoch, epochs, warmup)
@@ -134,12 +131,12 @@ def fit(
             on_epoch_start(epoch)
         train_mode(model)
         total, count = 0.0, 0
-        for idx in batches(len(train), batch_size, g):
+        for i, idx in enumerate(batches(len(train), batch_size, g)):
+            progress.tick(i, n_batches)
             x, y = train.x[idx], train.y[idx]
             loss = step_loss(idx, x, y)
             if not torch.isfinite(loss):
-                if bar is not None:
-                    bar.close()
+                progress.close()
                 raise NonFiniteLoss(
                     f"{stage}: the loss became {loss.item()} at epoch {epoch + 1}; lower {stage}.lr",
                     result.best_state,
@@ -157,11 +154,8 @@ def fit(
         if acc >= result.best_val_top1:
             result.best_val_top1, result.best_epoch = acc, epoch + 1
             result.best_state = copy.deepcopy(model.state_dict())
-        if bar is not None:
-            bar.set_postfix(loss=f"{rec.loss:.3f}", val=f"{acc:.3f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        progress.epoch(epoch + 1, loss=rec.loss, val_top1=acc)
+    progress.close()
     result.seconds = time.perf_counter() - start
     result.samples_per_second = seen / result.seconds if result.seconds else 0.0
     return result
