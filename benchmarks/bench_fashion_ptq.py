@@ -1,0 +1,209 @@
+"""Where QAT earns its cost: edgeforge's QAT artifacts against post-training quantization peers.
+
+    python benchmarks/bench_fashion_ptq.py [--setting int8] [--setting narrow] [--limit N]
+
+On the Fashion-MNIST sample (run samples/fashion_mnist/prepare.py first), for each setting one
+edgeforge build distills the student and runs QAT (reused from the build folder's stage cache when
+it is already built); then, on that same float student and the same
+calibration images (calibration/fashion-mnist.yaml), these int8 artifacts are made and each is run
+in its own runtime on the full test split (10,000 images):
+
+- edgeforge QAT: the build's ONNX / TFLite / Core ML W8A8 artifacts;
+- edgeforge PTQ (`qat.epochs: 0`), minmax and histogram range initialisation, through the same
+  exporters;
+- NNCF PTQ for PT2E (`nncf.experimental.torch.fx.quantize_pt2e` with edgeforge's int8 quantizer,
+  so the scheme is identical) without and with its fast bias correction, through the same exporters;
+- onnxruntime `quantize_static` (QDQ, per-channel int8) of the build's fp32 ONNX file;
+- litert-torch's own PT2E PTQ of the float student.
+
+Settings: `int8` is the sample as shipped; `narrow` is a much narrower depthwise student (fewer
+channels per layer leave PTQ less redundancy to hide rounding in). Prints one Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+CONFIG = ROOT.parent / "samples" / "fashion_mnist" / "edgeforge.yaml"
+
+from bench_digits import litert_ptq, ort_ptq  # noqa: E402
+
+# setting -> (config overrides, build folder). `int8` builds into the sample's own folder, so a
+# finished `edgeforge build samples/fashion_mnist/edgeforge.yaml` is reused from its stage cache.
+SETTINGS: dict[str, tuple[list[str], str]] = {
+    "int8": ([], "build/fashion_mnist"),
+    "narrow": (["student.width=8"], "build/fashion_mnist_narrow"),
+}
+INT8_TARGETS = {"ONNX (onnxruntime)": "onnx-cpu-int8", "TFLite (LiteRT)": "tflite-cpu-int8",
+                "Core ML W8A8 (reference)": "coreml-iphone-int8"}
+BUILD_TARGETS = ["onnx-cpu-fp32", *INT8_TARGETS.values()]
+
+
+def run_build(out: Path, overrides: list[str]) -> tuple[float, dict[str, Any]]:
+    env = {**os.environ, "CI": "1"}
+    sets = [a for o in [f"output={out}", *overrides] for a in ("--set", o)]
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "edgeforge", "build", str(CONFIG), *sets,
+                           *[a for t in BUILD_TARGETS for a in ("--target", t)]],
+                          cwd=ROOT.parent, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 2):  # 2: a gate failed, the artifacts are still measured
+        sys.exit(f"sample build failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall, json.loads((out / "manifest.json").read_text())
+
+
+def ptq_carrier(student: torch.nn.Module, data: Any, calib: Any, range_init: str) -> torch.fx.GraphModule:
+    """edgeforge's own PTQ: the QAT stage with qat.epochs 0 (calibrated ranges, no fine-tuning)."""
+    from edgeforge.config import QatConfig
+    from edgeforge.quant.qat import quantization_aware_training
+
+    cfg = QatConfig(epochs=0, range_init=range_init)  # type: ignore[arg-type]
+    out = quantization_aware_training(student, None, data, calib, cfg, temperature=1.0, alpha=0.0, show_progress=False)
+    return out.converted
+
+
+def nncf_carrier(student: torch.nn.Module, calib: torch.Tensor, bias_correction: bool) -> torch.fx.GraphModule:
+    """NNCF's PTQ on the same PT2E graph and with the same quantizer (so only the ranges differ)."""
+    import nncf
+    from nncf.experimental.torch.fx import quantize_pt2e
+
+    from edgeforge.quant.qat import export_for_training
+    from edgeforge.quant.quantizer import Int8Quantizer, Int8Scheme
+
+    gm = export_for_training(copy.deepcopy(student).eval(), calib)
+    batches = [calib[i : i + 64] for i in range(0, len(calib), 64)]
+    return quantize_pt2e(gm, Int8Quantizer(Int8Scheme(learn_activation_ranges=False)),
+                         calibration_dataset=nncf.Dataset(batches), subset_size=len(calib),
+                         fast_bias_correction=True if bias_correction else None)
+
+
+def export_and_score(gm: torch.fx.GraphModule, student: torch.nn.Module, data: Any, calib: torch.Tensor,
+                     folder: Path, test: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """Each format's int8 artifact of one carrier, top-1 in its own runtime."""
+    from edgeforge.carrier import Carrier
+    from edgeforge.exporters import get_exporter
+    from edgeforge.runtimes import get_runtime
+    from edgeforge.targets import resolve
+
+    carrier = Carrier(float_model=student, quantized=gm, input_shape=data.input_shape, num_classes=data.num_classes,
+                      class_names=data.class_names, calibration=calib, name="bench")
+    scores = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for column, name in INT8_TARGETS.items():
+        (target,) = resolve([name])
+        art = get_exporter(target.format).export(carrier, target, folder / f"{name}.{target.format}")
+        scores[column] = top1(get_runtime(target.format).open(art.path, target), test)
+    return scores
+
+
+def top1(session: Any, test: tuple[np.ndarray, np.ndarray]) -> float:
+    x, y = test
+    return float((session.run_all(x).argmax(1) == y).mean())
+
+
+def artifact_scores(out: Path, m: dict[str, Any], test: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """The build's own int8 artifacts, scored again here so every row is measured in this run."""
+    from edgeforge.runtimes import get_runtime
+    from edgeforge.targets import resolve
+
+    by_name = {e["name"]: e for e in m["targets"]}
+    scores = {}
+    for col, name in INT8_TARGETS.items():
+        (target,) = resolve([name])
+        path = out / by_name[name]["artifact"]["path"]
+        scores[col] = top1(get_runtime(target.format).open(path, target), test)
+    return scores
+
+
+def measure_setting(setting: str, tmp: Path, limit: int | None) -> dict[str, Any]:
+    import yaml
+
+    from edgeforge.config import load_config
+    from edgeforge.data import calibration_split, load_data
+    from edgeforge.models.loading import build_student
+    from edgeforge.runtimes import get_runtime
+    from edgeforge.targets import resolve
+
+    overrides, folder = SETTINGS[setting]
+    out = ROOT.parent / folder
+    wall, m = run_build(out, overrides)
+    lc = load_config(CONFIG, {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)})
+    data = load_data(lc)
+    cal = calibration_split(data, lc.calibration())
+    student = build_student(lc, data.input_shape[0], data.num_classes)
+    student.load_state_dict(torch.load(out / "student_float.pt", weights_only=True))
+    student.eval()
+    xt, yt = data.test.x.numpy(), data.test.y.numpy()
+    test = (xt[:limit], yt[:limit]) if limit else (xt, yt)
+    rows: dict[str, dict[str, float]] = {"edgeforge QAT (the build's artifacts)": artifact_scores(out, m, test)}
+    makers: dict[str, Callable[[], torch.fx.GraphModule]] = {
+        "edgeforge PTQ, minmax ranges (qat.epochs 0)": lambda: ptq_carrier(student, data, cal, "minmax"),
+        "edgeforge PTQ, histogram ranges (qat.epochs 0)": lambda: ptq_carrier(student, data, cal, "histogram"),
+        "NNCF PTQ (quantize_pt2e), no bias correction": lambda: nncf_carrier(student, cal.x, False),
+        "NNCF PTQ (quantize_pt2e) + fast bias correction": lambda: nncf_carrier(student, cal.x, True),
+    }
+    for label, make in makers.items():
+        folder = tmp / setting / "bench" / label.split(" ")[0] / str(len(rows))
+        rows[label] = export_and_score(make(), student, data, cal.x, folder, test)
+    onnx_fp32 = out / {e["name"]: e for e in m["targets"]}["onnx-cpu-fp32"]["artifact"]["path"]
+    (onnx_t,) = resolve(["onnx-cpu-int8"])
+    ort_path = tmp / setting / "ort_ptq.onnx"
+    ort_ptq(onnx_fp32, cal.x.numpy(), ort_path)
+    rows["onnxruntime quantize_static"] = {"ONNX (onnxruntime)": top1(get_runtime("onnx").open(ort_path, onnx_t), test)}
+    (tfl_t,) = resolve(["tflite-cpu-int8"])
+    tfl_path = tmp / setting / "litert_ptq.tflite"
+    litert_ptq(student, cal.x, tfl_path)
+    tfl_nchw = tfl_t.model_copy(update={"input": tfl_t.input.model_copy(update={"layout": "NCHW"})})
+    rows["litert-torch PT2E PTQ"] = {"TFLite (LiteRT)": top1(get_runtime("tflite").open(tfl_path, tfl_nchw), test)}
+    models = m["models"]
+    return {"wall": wall, "rows": rows, "teacher": models["teacher"], "float": models["float_student"],
+            "qat_sim": models["qat_simulation"]["top1"], "overrides": overrides}
+
+
+def print_table(results: dict[str, dict[str, Any]], total: float) -> None:
+    cols = list(INT8_TARGETS)
+    for setting, r in results.items():
+        t, f = r["teacher"], r["float"]
+        print(f"\n### {setting} ({' '.join(r['overrides']) or 'the sample as shipped'})\n")
+        print(f"teacher {t['top1'] * 100:.2f}% ({t['parameters']:,} parameters); float student "
+              f"{f['top1'] * 100:.2f}% ({f['parameters']:,} parameters); QAT simulation {r['qat_sim'] * 100:.2f}%; "
+              f"edgeforge build {r['wall']:.0f} s (stages already in the build folder are reused)\n")
+        print("| int8 artifact (same float student, same calibration images) | " + " | ".join(cols) + " |")
+        print("|---|" + "---|" * len(cols))
+        for label, scores in r["rows"].items():
+            cells = [f"{scores[c] * 100:.2f}%" if c in scores else "–" for c in cols]
+            print(f"| {label} | " + " | ".join(cells) + " |")
+    print(f"\nbenchmark wall time: {total:.0f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setting", action="append", choices=sorted(SETTINGS), help="default: all")
+    ap.add_argument("--limit", type=int, default=None, help="score on the first N test images only (a quick look)")
+    args = ap.parse_args()
+    if not (CONFIG.parent / "teacher.pt").exists():
+        sys.exit("error: samples/fashion_mnist/teacher.pt is missing: run `python samples/fashion_mnist/prepare.py` first")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {s: measure_setting(s, Path(tmp), args.limit) for s in (args.setting or SETTINGS)}
+    print_table(results, time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Typed records of a build: what each stage and target produced, written to the manifest.
+
+Plain dataclasses, so they cost nothing to import; ``manifest_json_schema()`` derives the JSON
+Schema that ships with the package (``edgeforge schema manifest``) from the same classes the
+manifest is written from, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+SCHEMA_VERSION = "edgeforge.manifest/2"
+
+TargetStatus = Literal["validated", "unvalidated", "failed"]
+
+
+@dataclass
+class Latency:
+    """Batch latency, on the host or on a device (``measured_on``: host, ssh:user@host, adb:SERIAL).
+
+    Percentiles a device tool does not print are None; ``extra`` holds a runner's own figures
+    (e.g. adb's p5/p95).
+    """
+
+    batch: int
+    threads: int
+    warmup: int
+    runs: int
+    load_ms: float | None
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    measured_on: str
+    samples_ms: list[float] = field(default_factory=list)
+    runtime: str = ""
+    runtime_version: str = ""
+    device: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Latency:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Check:
+    """One gate check: its value, its limit and the verdict. ``skipped``: not measurable here."""
+
+    name: str
+    passed: bool
+    value: float | str | None
+    limit: float | str | None
+    message: str
+    skipped: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Metrics:
+    """An artifact judged in its own runtime on the test split, against the teacher and its reference."""
+
+    metric: str
+    top1: float
+    per_class_top1: list[float | None]
+    retention: float | None
+    reference: str
+    reference_top1: float
+    drift_points: float
+    vs_float_student_points: float
+    agreement: float
+    max_abs_diff: float
+    mean_abs_diff: float
+    size_bytes: int
+    compression_vs_teacher: float
+    drift_vs_qat_points: float | None = None
+    latency: Latency | None = None
+    latency_note: str | None = None
+    host_latency: Latency | None = None
+
+
+@dataclass
+class Artifact:
+    path: str
+    sha256: str
+    size_bytes: int
+    digest_kind: str  # "file" or "folder" (sorted relative paths + contents)
+    info: dict[str, Any] = field(default_factory=dict)  # what the exporter says: ops, I/O, float ops, versions
+
+
+@dataclass
+class StageRun:
+    """One stage as the engine ran it: its key, whether it came from the cache, its time, its outcome."""
+
+    name: str
+    key: str | None
+    cached: bool
+    seconds: float
+    status: Literal["ok", "failed", "skipped"] = "ok"
+    error: dict[str, Any] | None = None
+
+
+@dataclass
+class TargetResult:
+    name: str
+    format: str
+    precision: str
+    description: str
+    device: dict[str, Any]
+    threads: int
+    gate: dict[str, Any]  # the effective gate of this target (build gate, then the profile's gate)
+    status: TargetStatus
+    reason: str | None = None
+    runtime: str | None = None
+    executor: str | None = None
+    export_seconds: float | None = None
+    artifact: Artifact | None = None
+    runtime_graph: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics | None = None
+    checks: list[Check] = field(default_factory=list)
+    stages: list[StageRun] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "validated" and all(c.passed for c in self.checks)
+
+
+@dataclass
+class ModelRecord:
+    top1: float
+    per_class_top1: list[float | None]
+    parameters: int | None = None
+    bytes: int | None = None
+    path: str | None = None
+    sha256: str | None = None
+    content_sha256: str | None = None
+
+
+@dataclass
+class Comparison:
+    """One regression check of a target against a baseline build."""
+
+    target: str
+    check: str
+    passed: bool
+    new: float | str | None
+    old: float | str | None
+    limit: float | str | None
+    message: str
+    skipped: bool = False
+
+
+@dataclass
+class GateOutcome:
+    passed: bool
+    errors: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    schema: str
+    name: str
+    created: str
+    host: dict[str, Any]
+    versions: dict[str, str]
+    config: dict[str, Any]
+    data: dict[str, Any]
+    seed: dict[str, int]
+    stage_seconds: dict[str, float]
+    stages: dict[str, Any]
+    models: dict[str, ModelRecord]
+    targets: list[TargetResult]
+    gate: GateOutcome
+    exit_code: int
+    regression: dict[str, Any] | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return json_safe(asdict(self))
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN and infinities become null: strict JSON parsers reject bare NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(Manifest).json_schema()
+    schema["$id"] = f"https://edgeforge.dev/schema/{SCHEMA_VERSION}.json"
+    schema["title"] = "edgeforge build manifest"
+    return schema
