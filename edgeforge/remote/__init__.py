@@ -2,9 +2,10 @@
 
 Two runners, each one small module that shells out to a standard client (no new dependency):
 
-- ``ssh``: Linux boards and servers with Python + onnxruntime / ai-edge-litert; copies the artifact
+- ``ssh``: Linux boards and servers with Python + onnxruntime / ai-edge-litert / executorch; copies the artifact
   and ``device_bench.py`` with scp, runs it, parses its JSON line, removes the files.
-- ``adb``: Android devices with TFLite's ``benchmark_model`` binary already on the device.
+- ``adb``: Android devices with TFLite's ``benchmark_model`` (or ExecuTorch's ``executor_runner``) binary
+  already on the device.
 
 Both return a ``DeviceLatency`` whose ``as_dict()`` has the keys of ``edgeforge.validate.Latency``
 (what the manifest and the gate read) plus what the device said about itself.

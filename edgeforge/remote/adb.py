@@ -1,4 +1,4 @@
-"""Measure TFLite latency on an Android device with adb and TFLite's ``benchmark_model`` binary.
+"""Measure latency on an Android device with adb: TFLite's ``benchmark_model``, ExecuTorch's ``executor_runner``.
 
 The binary must already be on the device (``adb push benchmark_model /data/local/tmp/ && adb shell
 chmod +x /data/local/tmp/benchmark_model``); its path is configurable. Per run: push the artifact,
@@ -32,6 +32,8 @@ import secrets
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,38 +155,56 @@ def measure_adb(artifact: Path, *, device: AdbDevice, threads: int, warmup: int,
 
     benchmark_model feeds the model's own input shape; ``batch`` only labels the result.
     """
+    def command(remote: str) -> list[str]:
+        return [device.benchmark_model, f"--graph={remote}", f"--num_threads={threads}", f"--warmup_runs={warmup}",
+                f"--num_runs={runs}", "--warmup_min_secs=0", "--min_secs=0"]
+
+    text, device_info = _run_on_device(artifact, ".tflite", command, device=device, threads=threads, warmup=warmup,
+                                       runs=runs, timeout=timeout)
+    with _tool_errors(device, text, "benchmark_model", "push TFLite's benchmark_model there and chmod +x it, or set "
+                      "latency.adb.benchmark_model"):
+        out = parse_benchmark_output(text)
+    return to_latency(out, device=device, threads=threads, warmup=warmup, runs=runs, batch=batch,
+                      device_info=device_info)
+
+
+def _run_on_device(artifact: Path, suffix: str, command: Callable[[str], list[str]], *, device: AdbDevice,
+                   threads: int, warmup: int, runs: int, timeout: float) -> tuple[str, str]:
+    """Push ``artifact``, run ``command(remote_path)`` in adb shell, remove it; (tool output, device info)."""
     artifact = Path(artifact)
-    if artifact.suffix != ".tflite" or not artifact.is_file():
-        raise ConfigError(f"{device.where}: {artifact} is not a .tflite file; adb latency runs TFLite models only")
+    if artifact.suffix != suffix or not artifact.is_file():
+        raise ConfigError(f"{device.where}: {artifact} is not a {suffix} file")
     if threads < 1 or warmup < 0 or runs < 1:
         raise ConfigError(f"{device.where}: need threads >= 1, warmup >= 0, runs >= 1 (got {threads}, {warmup}, {runs})")
     adb = _Adb(device)
     adb.check_attached()
     info = adb.shell("uname -srm; getprop ro.product.model", timeout=ADB_SLACK_S)
-    device_info = one_line(info.stdout, 200)
-    remote = f"{device.workdir.rstrip('/')}/edgeforge-{secrets.token_hex(4)}.tflite"
+    remote = f"{device.workdir.rstrip('/')}/edgeforge-{secrets.token_hex(4)}{suffix}"
     adb.run(["push", str(artifact), remote], timeout=ADB_SLACK_S + artifact.stat().st_size / 1e6, what="push")
     try:
-        cmd = [device.benchmark_model, f"--graph={remote}", f"--num_threads={threads}", f"--warmup_runs={warmup}",
-               f"--num_runs={runs}", "--warmup_min_secs=0", "--min_secs=0"]
-        proc = adb.shell(shlex.join(cmd), timeout=timeout)
+        proc = adb.shell(shlex.join(command(remote)), timeout=timeout)
     finally:
         try:
             adb.shell(f"rm -f {shlex.quote(remote)}", timeout=ADB_SLACK_S)
         except RemoteError:
             pass  # a failed clean-up must not hide the result or the original error
     text = proc.stdout + "\n" + proc.stderr
+    if proc.returncode == 127:
+        text += "\nnot found (exit 127)"
+    return text, one_line(info.stdout, 200)
+
+
+@contextmanager
+def _tool_errors(device: AdbDevice, text: str, tool: str, fix: str) -> Iterator[None]:
+    """A parser's ValueError becomes DeviceRuntimeMissing (the binary is absent) or DeviceBenchFailed."""
     try:
-        out = parse_benchmark_output(text)
+        yield
     except ValueError as exc:
         low = text.lower()
-        if proc.returncode == 127 or "not found" in low or "inaccessible" in low or "permission denied" in low:
-            raise DeviceRuntimeMissing(
-                f"{device.where}: cannot run {device.benchmark_model} ({one_line(str(exc), 120)}); push TFLite's "
-                "benchmark_model there and chmod +x it, or set latency.adb.benchmark_model") from None
-        raise DeviceBenchFailed(f"{device.where}: benchmark_model gave no result: {one_line(str(exc))}") from None
-    return to_latency(out, device=device, threads=threads, warmup=warmup, runs=runs, batch=batch,
-                      device_info=device_info)
+        if "not found" in low or "inaccessible" in low or "permission denied" in low:
+            raise DeviceRuntimeMissing(f"{device.where}: cannot run {device.benchmark_model} "
+                                       f"({one_line(str(exc), 120)}); {fix}") from None
+        raise DeviceBenchFailed(f"{device.where}: {tool} gave no result: {one_line(str(exc))}") from None
 
 
 class _Adb:
@@ -221,3 +241,81 @@ class _Adb:
             raise DeviceUnreachable(f"{self.device.where}: offline; reconnect it (or 'adb reconnect') and retry")
         raise DeviceUnreachable(f"{self.device.where}: not attached ({one_line(proc.stderr or state, 120)}); "
                                 "'adb devices' lists the serials this machine sees; fix latency.adb.serial")
+
+
+# --- ExecuTorch: executor_runner ----------------------------------------------------------------
+#
+# ExecuTorch's pip wheel ships no device binary; ``executor_runner`` (portable kernels) or
+# ``xnn_executor_runner`` (built with -DEXECUTORCH_BUILD_XNNPACK=ON) is built from ExecuTorch's
+# sources with the Android NDK and pushed to the device. It feeds inputs of ones and logs through
+# ET_LOG (per examples/portable/executor_runner/executor_runner.cpp):
+#
+#     Model loaded in X ms.                                      (newer builds)
+#     Iteration i of N: X ms                                     (newer builds, one per execution)
+#     Model executed successfully N time(s) in X ms.
+#
+# It has no warm-up flag: edgeforge runs warmup + runs executions and drops the first ``warmup``
+# iterations. A build without per-iteration lines gives only the mean over all executions
+# (warm-up included), which ``extra["mean_includes_warmup"]`` says. Same caveat as above: the
+# parser is tested on these lines, not against a real phone.
+
+_ET_TOTAL = re.compile(rf"Model executed successfully (\d+) time\(s\) in {_NUM} ms")
+_ET_ITER = re.compile(rf"Iteration (\d+) of (\d+): {_NUM} ms")
+_ET_LOAD = re.compile(rf"Model loaded in {_NUM} ms")
+
+
+@dataclass
+class RunnerOutput:
+    count: int  # executions, warm-up included
+    total_ms: float
+    load_ms: float | None
+    iterations_ms: list[float]  # after warm-up; empty on builds without per-iteration lines
+
+
+def parse_executor_runner_output(text: str, *, warmup: int) -> RunnerOutput:
+    """executor_runner's timings; ValueError (with its first error line, if any) when it has no result."""
+    total = _ET_TOTAL.search(text)
+    if total is None:
+        errors = [ln.strip() for ln in text.splitlines() if ln.startswith("E ") or "failed" in ln.lower()]
+        raise ValueError(errors[0] if errors else "no 'Model executed successfully' line in executor_runner's output")
+    load = _ET_LOAD.search(text)
+    return RunnerOutput(count=int(total.group(1)), total_ms=float(total.group(2)),
+                        load_ms=float(load.group(1)) if load else None,
+                        iterations_ms=[float(m.group(3)) for m in _ET_ITER.finditer(text)][warmup:])
+
+
+def runner_latency(out: RunnerOutput, *, device: AdbDevice, threads: int, warmup: int,
+                   device_info: str = "") -> DeviceLatency:
+    import numpy as np
+
+    samples = out.iterations_ms
+
+    def pct(q: float) -> float | None:
+        return float(np.percentile(samples, q)) if samples else None
+
+    mean = sum(samples) / len(samples) if samples else out.total_ms / max(out.count, 1)
+    return DeviceLatency(
+        batch=1, threads=threads, warmup=warmup if samples else 0, runs=len(samples) or out.count,
+        load_ms=out.load_ms if out.load_ms is not None else float("nan"), p50_ms=pct(50), p90_ms=pct(90),
+        p99_ms=pct(99), mean_ms=mean, measured_on=device.label, samples_ms=samples,
+        runtime="executorch executor_runner", device=device_info,
+        extra={"executor_runner": device.benchmark_model, "mean_includes_warmup": not samples},
+    )
+
+
+def measure_adb_executorch(artifact: Path, *, device: AdbDevice, threads: int, warmup: int, runs: int,
+                           timeout: float = 600.0) -> DeviceLatency:
+    """Latency of a .pte ``artifact`` on an Android device, timed there by ExecuTorch's executor_runner.
+
+    ``device.benchmark_model`` is the runner's path on the device.
+    """
+    def command(remote: str) -> list[str]:
+        return [device.benchmark_model, f"--model_path={remote}", f"--num_executions={warmup + runs}",
+                f"--cpu_threads={threads}"]
+
+    text, device_info = _run_on_device(artifact, ".pte", command, device=device, threads=threads, warmup=warmup,
+                                       runs=runs, timeout=timeout)
+    with _tool_errors(device, text, "executor_runner", "build ExecuTorch's xnn_executor_runner for Android, push it "
+                      "there and chmod +x it, or set executorch.adb_runner"):
+        out = parse_executor_runner_output(text, warmup=warmup)
+    return runner_latency(out, device=device, threads=threads, warmup=warmup, device_info=device_info)

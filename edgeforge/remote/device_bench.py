@@ -17,7 +17,8 @@ import platform
 import sys
 import time
 
-RUNTIME_MODULES = {"onnx": ["onnxruntime"], "tflite": ["ai_edge_litert", "tflite_runtime"]}
+RUNTIME_MODULES = {"onnx": ["onnxruntime"], "tflite": ["ai_edge_litert", "tflite_runtime"],
+                   "executorch": ["executorch.runtime"]}
 
 
 class BenchError(Exception):
@@ -136,6 +137,47 @@ class _Tflite:
         self.interp.invoke()
 
 
+class _Executorch:
+    """A .pte program in ExecuTorch's Python bindings (which take torch tensors, so torch is needed too)."""
+
+    # c10::ScalarType codes the bindings report for a tensor's dtype
+    _DTYPES = {0: "uint8", 1: "int8", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64", 11: "bool"}
+
+    def __init__(self, np, path, threads, shape_hint, dtype_hint):
+        import torch
+        from executorch.runtime import Runtime
+
+        self.name, self.version = "executorch", _dist_version("executorch")
+        try:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(threads)
+        except (ImportError, AttributeError):
+            pass  # older bindings: XNNPACK picks its own thread count
+        t0 = time.perf_counter()
+        try:
+            self.program = Runtime.get().load_program(path)
+            self.method = self.program.load_method("forward")
+        except Exception as exc:  # noqa: BLE001
+            raise BenchError("load_failed", f"executorch could not load the program: {_one_line(exc)}")
+        self.load_ms = (time.perf_counter() - t0) * 1e3
+        meta = self.method.metadata.input_tensor_meta(0)
+        shape = _resolve_shape([int(d) for d in meta.sizes()], shape_hint)
+        dtype = self._DTYPES.get(int(meta.dtype()))
+        if dtype is None:
+            raise BenchError("load_failed", f"the program's input has dtype code {meta.dtype()}, which the "
+                             "benchmark cannot feed")
+        _check_dtype(dtype, dtype_hint)
+        self.input_shape, self.input_dtype = shape, dtype
+        self.inputs = [torch.from_numpy(_random_input(np, np.random.default_rng(0), shape, dtype))]
+
+    def run(self):
+        self.method.execute(self.inputs)
+
+
+SESSIONS = {"onnx": _Onnx, "tflite": _Tflite, "executorch": _Executorch}
+
+
 def _dist_version(dist):
     try:
         from importlib.metadata import version
@@ -169,7 +211,7 @@ def bench(args):
         raise BenchError("missing_module", f"numpy is not installed in {sys.executable}", module="numpy")
     _import_first(RUNTIME_MODULES[args.format])
     shape_hint = [int(d) for d in args.shape.split(",")] if args.shape else None
-    session = (_Onnx if args.format == "onnx" else _Tflite)(np, args.model, args.threads, shape_hint, args.dtype)
+    session = SESSIONS[args.format](np, args.model, args.threads, shape_hint, args.dtype)
     try:
         for _ in range(args.warmup):
             session.run()

@@ -1,7 +1,7 @@
 """Measure latency on a device reached over SSH, with the system OpenSSH client (ssh, scp).
 
 The device needs an SSH server, a Python with numpy and the format's runtime (onnxruntime for
-ONNX; ai-edge-litert, or tflite-runtime, for TFLite). Per run: make a private folder under the
+ONNX; ai-edge-litert, or tflite-runtime, for TFLite; executorch, with torch, for ExecuTorch). Per run: make a private folder under the
 device's work dir, scp the artifact and ``device_bench.py`` into it, run the benchmark with the
 device's Python, parse its one JSON line, remove the folder (also on failure).
 
@@ -34,6 +34,7 @@ from . import (
 )
 
 BENCH_SCRIPT = Path(__file__).with_name("device_bench.py")
+SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}  # the formats device_bench.py runs
 CONNECT_SLACK_S = 30.0  # beyond ConnectTimeout: auth, mkdir and copying a few MB
 
 
@@ -58,7 +59,7 @@ class SshDevice:
 
 
 def measure_ssh(
-    artifact: Path, *, device: SshDevice, format: Literal["onnx", "tflite"], threads: int, warmup: int,
+    artifact: Path, *, device: SshDevice, format: Literal["onnx", "tflite", "executorch"], threads: int, warmup: int,
     runs: int, input_shape: Sequence[int] | None = None, input_dtype: str | None = None, timeout: float = 600.0,
 ) -> DeviceLatency:
     """Batch latency of ``artifact`` on ``device``, timed there by ``device_bench.py``.
@@ -67,8 +68,8 @@ def measure_ssh(
     model's dynamic dimensions, and a disagreement with its static signature is an error.
     """
     artifact = Path(artifact)
-    if format not in ("onnx", "tflite"):
-        raise ConfigError(f"{device.where}: format '{format}' cannot be timed over SSH; use onnx or tflite")
+    if format not in SUFFIXES:
+        raise ConfigError(f"{device.where}: format '{format}' cannot be timed over SSH; use {', '.join(SUFFIXES)}")
     if not artifact.is_file():
         raise ConfigError(f"{device.where}: artifact {artifact} does not exist")
     if device.key is not None and not Path(device.key).is_file():
@@ -83,8 +84,7 @@ def measure_ssh(
         client = _Client(device, Path(tmp))
         remote_dir = client.make_dir()
         try:
-            suffix = ".onnx" if format == "onnx" else ".tflite"
-            model = f"{remote_dir}/model{suffix}"
+            model = f"{remote_dir}/model{SUFFIXES[format]}"
             client.copy(artifact, model)
             client.copy(BENCH_SCRIPT, f"{remote_dir}/device_bench.py")
             cmd = [device.python, f"{remote_dir}/device_bench.py", "--model", model, "--format", format,
@@ -140,7 +140,8 @@ def parse_bench_output(stdout: str, stderr: str, returncode: int, device: SshDev
                                 "device_bench.py may be from another edgeforge version") from None
 
 
-_PIP_NAMES = {"onnxruntime": "onnxruntime", "ai_edge_litert": "ai-edge-litert", "numpy": "numpy"}
+_PIP_NAMES = {"onnxruntime": "onnxruntime", "ai_edge_litert": "ai-edge-litert", "numpy": "numpy",
+              "executorch.runtime": "executorch"}
 
 
 class _Client:
