@@ -146,7 +146,7 @@ def distill_throughput(epochs: int) -> tuple[float, float]:
     lc = load_config(CONFIG, {"distill.epochs": epochs})
     plan = plan_build(lc)
     cfg = lc.config.distill
-    student0 = copy.deepcopy(plan.student)
+    student0 = plan.new_student()
     out = distill(plan.teacher, copy.deepcopy(student0), plan.data, cfg, augmented=False, show_progress=False)
     ours = out.result.samples_per_second
 

@@ -58,29 +58,67 @@ def atomic_copy(src: Path, dst: Path) -> None:
             tmp.unlink()
 
 
+def _folder_digests(folder: Path) -> dict[str, str]:
+    from .validate import sha256_file
+
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != DONE}
+
+
+DONE = "done.json"
+
+
 class StageCache:
+    """Stage outputs in folders named ``<kind>-<key>``, each with a ``done.json``: the stage's record
+    and the sha256 of every file the stage wrote. An entry whose files do not match (tampered,
+    truncated, swapped in by someone else) is a miss: it is removed and rebuilt, never trusted."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def folder(self, stage: str, key: str) -> Path:
         return self.root / f"{stage}-{key}"
 
-    def lookup(self, stage: str, key: str) -> Path | None:
-        d = self.folder(stage, key)
-        return d if (d / "done.json").is_file() else None
+    def verify(self, folder: Path) -> tuple[dict[str, Any] | None, str]:
+        """(record, '') for an intact entry, else (None, why not)."""
+        try:
+            done = json.loads((folder / DONE).read_text())
+            files, record = done["files"], done["record"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, "its done.json is missing or unreadable"
+        if not isinstance(files, dict) or not isinstance(record, dict):
+            return None, "its done.json is malformed"
+        actual = _folder_digests(folder)
+        if actual != files:
+            changed = sorted(set(actual) ^ set(files) | {k for k in files if actual.get(k) != files[k]})
+            return None, f"{', '.join(changed[:3])} differ from what this stage wrote"
+        return record, ""
 
-    def run(self, stage: str, key: str, produce: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict[str, Any], bool]:
+    def lookup(self, stage: str, key: str, on_invalid: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+        d = self.folder(stage, key)
+        if not d.exists():
+            return None
+        record, why = self.verify(d)
+        if record is None:
+            if on_invalid:
+                on_invalid(f"cache entry {d.name} is not the one edgeforge wrote ({why}): rebuilding it")
+            shutil.rmtree(d, ignore_errors=True)
+        return record
+
+    def run(self, stage: str, key: str, produce: Callable[[Path], dict[str, Any]],
+            on_invalid: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any], bool]:
         """Return (folder, record, cached). ``produce`` writes into a temp folder, renamed when done."""
-        hit = self.lookup(stage, key)
-        if hit is not None:
-            return hit, json.loads((hit / "done.json").read_text()), True
+        record = self.lookup(stage, key, on_invalid)
         final = self.folder(stage, key)
+        if record is not None:
+            return final, record, True
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             record = produce(tmp)
-            atomic_write_text(tmp / "done.json", json.dumps(record, indent=2, default=float))
+            done = {"record": record, "files": _folder_digests(tmp)}
+            atomic_write_text(tmp / DONE, json.dumps(done, indent=2, default=float))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         finally:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from typing import Any, NoReturn
 
 import yaml
 
 from . import __version__
-from .errors import EdgeforgeError
+from .errors import EdgeforgeError, format_error
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -91,22 +93,41 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _gate_text(g: Any) -> str:
+    parts = [f"retention>={g.min_retention}" if g.min_retention is not None else "",
+             f"|drift|<={g.max_drift_points}pt" if g.max_drift_points is not None else "",
+             f"agreement>={g.min_agreement}" if g.min_agreement is not None else "",
+             f"p90<={g.max_latency_p90_ms}ms" if g.max_latency_p90_ms is not None else "",
+             f"size<={g.max_size_kb}KiB" if g.max_size_kb is not None else ""]
+    return ", ".join(x for x in parts if x) or "-"
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from .records import manifest_json_schema
+
+    print(json.dumps(manifest_json_schema(), indent=2))
+    return 0
+
+
 def _cmd_targets(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .gate_spec import DEFAULT_GATE
     from .targets import available, load_profile
 
     rows = []
     for name, path in available([Path(d) for d in args.dir]).items():
-        p = load_profile(path)
-        b = p.budgets
-        budgets = ", ".join(x for x in (f"p90<={b.latency_p90_ms}ms" if b.latency_p90_ms else "",
-                                         f"size<={b.size_kb}KiB" if b.size_kb else "",
-                                         f"retention>={b.min_retention}" if b.min_retention else "") if x) or "-"
+        try:
+            p = load_profile(path)
+        except EdgeforgeError as exc:  # one bad profile must not hide the others
+            rows.append((name, "INVALID", "-", "-", "-", "-", "-", "-", str(exc)[:100], "-"))
+            continue
         rows.append((name, p.format, p.precision, f"{p.input.layout}/{p.input.dtype}/b{p.input.batch}",
                      str(p.runtime.threads), p.runtime.compute_units or "-", p.device.minimum_os or "-",
-                     p.latency.measured_on, budgets, p.device.name))
-    head = ("name", "format", "precision", "input", "threads", "units", "min os", "latency", "budgets", "device")
+                     p.latency.measured_on, _gate_text(p.gate.over(DEFAULT_GATE)), p.device.name))
+    head = ("name", "format", "precision", "input", "threads", "units", "min os", "latency", "gate", "device")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -141,6 +162,8 @@ CONFIG_HELP = "the build's edgeforge.yaml (or the folder that holds it)"
 def main(argv: list[str] | None = None) -> int:
     ap = _Parser(prog="edgeforge", description="Distil, quantize, export and gate models for edge targets.")
     ap.add_argument("--version", action="version", version=f"edgeforge {__version__}")
+    ap.add_argument("--verbose", action="store_true", help="show the traceback of an unexpected error "
+                    "(also EDGEFORGE_VERBOSE=1)")
     sub = ap.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="run the pipeline for a config; exit 0 pass, 2 gate failed, 1 error")
     b.add_argument("config", type=_config_arg, help=CONFIG_HELP)
@@ -171,15 +194,24 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("targets", help="list the target profiles found")
     t.add_argument("--dir", action="append", default=[], help="an extra folder of profiles")
     t.set_defaults(func=_cmd_targets)
+    sc = sub.add_parser("schema", help="print the JSON Schema of a file edgeforge writes")
+    sc.add_argument("what", choices=["manifest"])
+    sc.set_defaults(func=_cmd_schema)
     args = ap.parse_args(argv)
     if args.command in ("build", "preflight"):
         from .quiet import quiet_third_party
 
         quiet_third_party()
+    verbose = args.verbose or os.environ.get("EDGEFORGE_VERBOSE") == "1"
     try:
         return int(args.func(args))
     except EdgeforgeError as exc:
-        print(f"edgeforge: error: {exc}", file=sys.stderr)
+        print(format_error(exc), file=sys.stderr)
+        return 1
+    except Exception as exc:  # not raised on purpose: a bug, or a third-party failure we did not map
+        if verbose:
+            traceback.print_exc()
+        print(format_error(exc) + ("" if verbose else " (run with --verbose for the traceback)"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("edgeforge: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from .errors import ConfigError
+from .gate_spec import GateSpec
 from .schema import Strict, parse, read_yaml
 
 FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -122,12 +123,7 @@ class QatConfig(Strict):
     seed: int = 0
 
 
-class GateConfig(Strict):
-    min_retention: float = Field(0.99, gt=0, description="artifact top-1 / teacher top-1")
-    max_drift_points: float = Field(0.5, ge=0, description="|artifact top-1 - QAT simulation top-1| in points")
-    min_agreement: float | None = Field(None, ge=0, le=1, description="top-1 agreement with the reference")
-    max_latency_p90_ms: PositiveFloat | None = None
-    max_size_kb: PositiveFloat | None = None
+GateConfig = GateSpec  # the build's gate: defaults for every target (DEFAULT_GATE fills what is unset)
 
 
 class RegressionConfig(Strict):

@@ -260,7 +260,7 @@ def render_html(m: dict[str, Any]) -> str:
     rows = [("config sha256", m["config"]["sha256"]), ("data sha256", m["data"]["sha256"]),
             ("seeds", f"distill {m['seed']['distill']}, QAT {m['seed']['qat']}")]
     rows += [(f"version: {k}", v) for k, v in m["versions"].items()]
-    rows += [(f"artifact: {t['artifact']['path']}", t["artifact"]["sha256"]) for t in targets if "artifact" in t]
+    rows += [(f"artifact: {t['artifact']['path']}", t["artifact"]["sha256"]) for t in targets if t.get("artifact")]
     parts += [f"<tr><td>{_e(k)}</td><td><code>{_e(v)}</code></td></tr>" for k, v in rows]
     parts.append("</table></body></html>")
     return "\n".join(parts)

@@ -1,21 +1,31 @@
-"""The build plan: everything checked before training (targets, exporters, data, models, shapes)."""
+"""The build plan: everything checked before training, frozen for the rest of the build.
+
+Targets, their exporters and options, each target's effective gate, data, teacher, the untrained
+student and the fingerprints of the user's code are resolved here once. Stages never change the
+plan: each takes what it needs from it and hands its output to the next through the engine.
+"""
 
 from __future__ import annotations
 
-import io
+import copy
+import hashlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from .carrier import Carrier
 from .config import CalibrationConfig, LoadedConfig
-from .data import DataBundle, load_data
+from .data import DataBundle, Split, calibration_split, load_data
 from .errors import EdgeforgeError
-from .exporters import get_exporter
+from .exporters import exporter_class
 from .factories import add_search_paths
+from .fingerprint import code_digest
+from .gate_spec import DEFAULT_GATE, GateSpec
 from .models.loading import build_student, check_outputs, load_teacher
 from .targets import TargetProfile, resolve
 from .validate import sha256_file
@@ -23,42 +33,86 @@ from .validate import sha256_file
 Log = Callable[[str], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     lc: LoadedConfig
-    targets: list[TargetProfile]
+    targets: tuple[TargetProfile, ...]
+    gates: dict[str, GateSpec]  # target name -> effective gate
     data: DataBundle
     teacher: nn.Module
-    student: nn.Module
+    student_init: nn.Module  # the untrained student; stages work on copies
     teacher_digest: str
     teacher_bytes: int
-    calibration: CalibrationConfig  # parsed once, before training
+    student_digest: str  # its code, config and initial weights
+    data_code: str | None  # the data factory's code, if any
+    calibration: CalibrationConfig
+
+    def new_student(self) -> nn.Module:
+        return copy.deepcopy(self.student_init)
+
+    def make_carrier(self, student: nn.Module, quantized: torch.fx.GraphModule | None) -> Carrier:
+        d = self.data
+        return Carrier(student, quantized, d.input_shape, d.num_classes, d.class_names,
+                       self.calibration_split().x, name=self.lc.config.name)
+
+    def calibration_split(self) -> Split:
+        return calibration_split(self.data, self.calibration)
+
+    def data_identity(self) -> dict[str, Any]:
+        return {"data": self.data.digest(), "data_code": self.data_code}
+
+
+def _state_digest(model: nn.Module) -> tuple[str, int]:
+    """(sha256, bytes) of a model's tensors by content: torch.save output carries a random id."""
+    h = hashlib.sha256()
+    size = 0
+    for name, v in sorted(model.state_dict().items()):
+        t = v.detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        h.update(raw)
+        size += len(raw)
+    return h.hexdigest(), size
 
 
 def _teacher_identity(lc: LoadedConfig, teacher: nn.Module) -> tuple[str, int]:
     t = lc.config.teacher
     source = t.checkpoint or t.torchscript or t.program
+    code = code_digest(t.factory) or ""
     if source:
         path = lc.resolve(source)
-        return sha256_file(path), path.stat().st_size
-    buf = io.BytesIO()
-    torch.save(teacher.state_dict(), buf)
-    import hashlib
+        digest, size = sha256_file(path), path.stat().st_size
+    else:
+        digest, size = _state_digest(teacher)
+    return (hashlib.sha256(f"{digest}:{code}".encode()).hexdigest() if code else digest), size
 
-    return hashlib.sha256(buf.getvalue()).hexdigest(), buf.tell()
+
+def _student_identity(lc: LoadedConfig, student: nn.Module) -> str:
+    s = lc.config.student
+    weights, _ = _state_digest(student)
+    blob = f"{s.model_dump_json()}:{code_digest(s.factory) or ''}:{weights}"
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def resolve_targets(lc: LoadedConfig, names: list[str] | None) -> tuple[tuple[TargetProfile, ...], dict[str, GateSpec]]:
+    cfg = lc.config
+    targets = tuple(resolve(names or cfg.targets, [lc.resolve(d) for d in cfg.target_dirs]))
+    build_gate = cfg.gate.over(DEFAULT_GATE)
+    for t in targets:
+        try:
+            exporter_class(t.format)().check_target(t)
+        except EdgeforgeError as exc:
+            if exc.target is None:
+                raise EdgeforgeError(str(exc), target=t.name) from None
+            raise
+    return targets, {t.name: t.gate.over(build_gate) for t in targets}
 
 
 def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:
     """Everything that can be checked before training: targets, exporters, data, models, shapes."""
     cfg = lc.config
     add_search_paths([lc.root, Path.cwd()])
-    targets = resolve(target_names or cfg.targets, [lc.resolve(d) for d in cfg.target_dirs])
-    for t in targets:
-        try:
-            exporter = get_exporter(t.format)
-        except EdgeforgeError as exc:
-            raise EdgeforgeError(f"target {t.name}: {exc}") from None
-        exporter.check_precision(t)
+    targets, gates = resolve_targets(lc, target_names)
     data = load_data(lc)
     calibration = lc.calibration()  # parse errors surface now, not after training
     teacher = load_teacher(lc)
@@ -69,15 +123,15 @@ def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:
     student.eval()
     check_outputs(student, example, data.num_classes, "student")
     digest, nbytes = _teacher_identity(lc, teacher)
-    return Plan(lc, targets, data, teacher, student, digest, nbytes, calibration)
+    return Plan(lc, targets, gates, data, teacher, student, digest, nbytes, _student_identity(lc, student),
+                code_digest(cfg.data.factory), calibration)
 
 
-def versions() -> dict[str, str]:
+def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": sys.version.split()[0]}
-    for pkg in ("edgeforge", "torch", "torchao", "numpy", "onnx", "onnxscript", "onnxruntime", "coremltools",
-                "litert-torch", "ai-edge-litert", "ai-edge-quantizer"):
+    for pkg in ("edgeforge", "torch", "torchao", "numpy", *extra):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -89,5 +143,3 @@ def all_target_names(lc: LoadedConfig) -> list[str]:
     from .targets import available
 
     return list(available([lc.resolve(d) for d in lc.config.target_dirs]))
-
-

@@ -7,8 +7,6 @@ fails here in seconds, with the target, the op or shape, and what to change.
 
 from __future__ import annotations
 
-import copy
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .carrier import Carrier
-from .errors import EdgeforgeError, RuntimeUnavailable
+from .errors import EdgeforgeError, RuntimeUnavailable, unexpected
 from .exporters import get_exporter
 from .runtimes import get_runtime
 from .targets import TargetProfile
@@ -29,7 +27,9 @@ if TYPE_CHECKING:
 
 class PreflightFailed(EdgeforgeError):
     def __init__(self, problems: list[str]) -> None:
-        super().__init__(f"preflight failed for {len(problems)} target(s): " + "; ".join(problems))
+        # one line per failing target (a matrix of 20 targets must stay readable)
+        lines = f" {problems[0]}" if len(problems) == 1 else "".join(f"\n  - {p}" for p in problems)
+        super().__init__(f"preflight failed for {len(problems)} target(s):{lines}")
         self.problems = problems
 
 
@@ -45,15 +45,14 @@ class TargetCheck:
         return vars(self)
 
 
-_OP = re.compile(r"\b(aten\.[\w.]+|[a-z_]+(?= has no reference kernel))")
-
-
-def _advice(target: TargetProfile, message: str) -> str:
-    op = _OP.search(message)
+def _cannot_convert(target: TargetProfile, exc: BaseException) -> str:
+    op = exc.op if isinstance(exc, EdgeforgeError) else None
+    what = unexpected(exc)
+    prefix = f"target {target.name}: "
+    what = what.removeprefix(prefix)
     if op:
-        return (f"target {target.name}: the student uses op {op.group(1)}, which the {target.format} path cannot take "
-                f"({message.removeprefix(f'target {target.name}: ')}); replace that op in the student or drop the target")
-    return message if message.startswith(f"target {target.name}") else f"target {target.name}: {message}"
+        return f"{prefix}the {target.format} converter cannot take op {op} ({what}); replace that op in the student or drop the target"
+    return f"{prefix}cannot convert: {what}"
 
 
 def untrained_carrier(plan: Plan) -> Carrier:
@@ -63,7 +62,7 @@ def untrained_carrier(plan: Plan) -> Carrier:
     from .quant.qat import export_for_training
     from .quant.quantizer import Int8Quantizer, Int8Scheme
 
-    student = copy.deepcopy(plan.student).eval()
+    student = plan.new_student().eval()
     gm = export_for_training(student, plan.data.train.x)
     prepared = prepare_pt2e(gm, Int8Quantizer(Int8Scheme(learn_activation_ranges=False)))
     with torch.no_grad():
@@ -74,40 +73,41 @@ def untrained_carrier(plan: Plan) -> Carrier:
 
 
 def check_target(carrier: Carrier, target: TargetProfile, folder: Path, sample: torch.Tensor) -> TargetCheck:
+    """Export, apply the format's own artifact rules, and run the file where this host can.
+
+    "Cannot convert" fails the target; "cannot validate on this host" (no runtime, an op without a
+    reference kernel) is a warning that the artifact will be unvalidated.
+    """
     t0 = time.perf_counter()
     warnings: list[str] = []
     exporter = get_exporter(target.format)
     path = folder / f"{target.name}{exporter.suffix}"
+
+    def done(ok: bool, message: str) -> TargetCheck:
+        return TargetCheck(target.name, ok, message, time.perf_counter() - t0, warnings)
+
     try:
         art = exporter.export(carrier, target, path)
     except Exception as exc:
-        msg = str(exc) if isinstance(exc, EdgeforgeError) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
-        return TargetCheck(target.name, False, _advice(target, msg), time.perf_counter() - t0, warnings)
-    float_ops = art.info.get("float_ops") or []
-    if target.format == "tflite" and target.precision == "int8" and float_ops:
-        names = ", ".join(sorted({str(o.get("op", o)) if isinstance(o, dict) else str(o) for o in float_ops}))
-        msg = (f"target {target.name}: ops {names} stay float in the full-int8 file (an NPU or DSP would hand them "
-               "back to the CPU); replace them in the student or set tflite.allow_float_ops: true")
-        if not target.tflite.allow_float_ops:
-            return TargetCheck(target.name, False, msg, time.perf_counter() - t0, warnings)
-        warnings.append(msg)
-    runtime = get_runtime(target.format)
-    reason = runtime.unavailable_reason()
-    if reason:
-        warnings.append(f"not run on this host: {reason}")
-    else:
-        try:
-            session = runtime.open(path, target)
-            out = session.run_all(sample.numpy())
-            if out.shape != (len(sample), carrier.num_classes):
-                return TargetCheck(target.name, False, f"target {target.name}: the artifact returns shape {out.shape}, "
-                                   f"expected ({len(sample)}, {carrier.num_classes})", time.perf_counter() - t0, warnings)
-        except RuntimeUnavailable as exc:
-            return TargetCheck(target.name, False, _advice(target, str(exc)), time.perf_counter() - t0, warnings)
-        except Exception as exc:
-            msg = f"{runtime.name} cannot run the artifact: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
-            return TargetCheck(target.name, False, f"target {target.name}: {msg}", time.perf_counter() - t0, warnings)
-    return TargetCheck(target.name, True, "ok", time.perf_counter() - t0, warnings)
+        return done(False, _cannot_convert(target, exc))
+    for check in exporter.artifact_checks(art.info, target):
+        if not check.passed:
+            return done(False, f"target {target.name}: {check.message}")
+        if check.value not in (0, None):
+            warnings.append(check.message)
+    runtime = get_runtime(target.format, target.runtime.engine)
+    try:
+        session = runtime.open(path, target)
+        out = session.run_all(sample.numpy())
+    except RuntimeUnavailable as exc:
+        warnings.append(f"will be unvalidated on this host: {exc}")
+        return done(True, "ok")
+    except Exception as exc:
+        return done(False, f"target {target.name}: {runtime.name} cannot run the artifact: {unexpected(exc)}")
+    if out.shape != (len(sample), carrier.num_classes):
+        return done(False, f"target {target.name}: the artifact returns shape {out.shape}, "
+                           f"expected ({len(sample)}, {carrier.num_classes})")
+    return done(True, "ok")
 
 
 def run_preflight(plan: Plan, log: Any = None) -> list[TargetCheck]:

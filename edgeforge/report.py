@@ -87,6 +87,6 @@ def render_report(m: dict[str, Any]) -> str:
               "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
               ""]
     for t in m["targets"]:
-        if "artifact" in t:
+        if t.get("artifact"):
             lines.append(f"- `{t['artifact']['path']}` sha256 `{t['artifact']['sha256']}`")
     return "\n".join(lines) + "\n"

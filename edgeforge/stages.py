@@ -1,26 +1,27 @@
-"""The cached training stages: preflight, distillation and QAT, each in a folder named by its inputs."""
+"""The model stages of a build: preflight, distillation, QAT and the reference evaluation.
+
+Each declares what decides its output and how to produce and reload it; the engine
+(``engine.py``) owns keys, caching, timing and records. The per-target stages are in
+``target_stages.py``.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from .cache import StageCache, save_torch, stage_key
-from .data import calibration_split
+from .cache import save_torch
+from .carrier import Carrier
+from .engine import Stage
 from .errors import EdgeforgeError
 from .plan import Plan, versions
 from .training import NonFiniteLoss, progress_enabled
-
-Log = Callable[[str], None]
-
-
-def _when(record: dict[str, Any], cached: bool) -> str:
-    return " (cached)" if cached else f" in {record['seconds']:.1f} s"
 
 
 def _keep_last_good(exc: NonFiniteLoss, path: Path) -> EdgeforgeError:
@@ -31,85 +32,164 @@ def _keep_last_good(exc: NonFiniteLoss, path: Path) -> EdgeforgeError:
     return EdgeforgeError(f"{exc} (the last good checkpoint is kept in {path})")
 
 
-def run_preflight_stage(plan: Plan, cache: StageCache, log: Log) -> dict[str, Any]:
-    from .preflight import PreflightFailed, run_preflight
-
-    cfg = plan.lc.config
-    key = stage_key("preflight", student=cfg.student.model_dump(mode="json"), shape=list(plan.data.input_shape),
-                    classes=plan.data.num_classes, targets=[t.model_dump(mode="json") for t in plan.targets],
-                    versions=versions())
-    hit = cache.lookup("preflight", key)
-    if hit is not None:
-        log(f"[preflight] {len(plan.targets)} target(s) ok (cached)")
-        return {**json.loads((hit / "done.json").read_text()), "cached": True}
-    results = run_preflight(plan, log)
-    failed = [r.message for r in results if not r.ok]
-    if failed:
-        raise PreflightFailed(failed)
-    _, record, _ = cache.run("preflight", key, lambda _f: {"ran": True, "targets": [r.as_dict() for r in results]})
-    return {**record, "cached": False}
+def _training_record(r: Any) -> dict[str, Any]:
+    return {"best_epoch": r.best_epoch, "best_val_top1": r.best_val_top1, "seconds": r.seconds,
+            "samples_per_second": r.samples_per_second, "history": [vars(h) for h in r.history]}
 
 
-def run_distill_stage(plan: Plan, cache: StageCache, log: Log) -> tuple[nn.Module, dict[str, Any]]:
-    from .distill import distill
+class PreflightStage(Stage[dict[str, Any]]):
+    """Export the untrained student for every target before any training (see preflight.py)."""
 
-    cfg = plan.lc.config
-    key = stage_key("distill", config=cfg.distill.model_dump(mode="json"), student=cfg.student.model_dump(mode="json"),
-                    teacher=plan.teacher_digest, data=plan.data.digest(), augmented=cfg.data.augmented)
+    kind = "preflight"
 
-    def produce(folder: Path) -> dict[str, Any]:
-        log(f"[distill] {cfg.distill.epochs} epochs, T={cfg.distill.temperature}, alpha={cfg.distill.alpha}")
+    def __init__(self, plan: Plan, log: Callable[[str], None]) -> None:
+        super().__init__()
+        self.plan = plan
+        self.log = log
+
+    def key_inputs(self) -> dict[str, Any]:
+        from .exporters import exporter_class
+
+        p = self.plan
+        packages = tuple(sorted({pkg for t in p.targets for pkg in exporter_class(t.format).packages}))
+        return {"student": p.student_digest, "shape": list(p.data.input_shape), "classes": p.data.num_classes,
+                "targets": [t.model_dump(mode="json") for t in p.targets], "versions": versions(packages)}
+
+    def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
+        from .preflight import PreflightFailed, run_preflight
+
+        results = run_preflight(self.plan, self.log)
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise PreflightFailed([r.message for r in failed])
+        return {"ran": True, "targets": [r.as_dict() for r in results]}
+
+    def describe(self, record: dict[str, Any]) -> str:
+        warns = [w for r in record["targets"] for w in r["warnings"]]
+        return f"{len(record['targets'])} target(s) ok" + (f"; {len(warns)} warning(s)" if warns else "")
+
+
+class DistillStage(Stage[nn.Module]):
+    kind = "distill"
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def key_inputs(self) -> dict[str, Any]:
+        cfg = self.plan.lc.config
+        return {"config": cfg.distill.model_dump(mode="json"), "student": self.plan.student_digest,
+                "teacher": self.plan.teacher_digest, "augmented": cfg.data.augmented, **self.plan.data_identity()}
+
+    def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
+        from .distill import distill
+
+        assert folder is not None
+        p, cfg = self.plan, self.plan.lc.config
         try:
-            out = distill(plan.teacher, plan.student, plan.data, cfg.distill, augmented=cfg.data.augmented,
+            out = distill(p.teacher, p.new_student(), p.data, cfg.distill, augmented=cfg.data.augmented,
                           show_progress=progress_enabled(cfg.progress))
         except NonFiniteLoss as exc:
-            raise _keep_last_good(exc, cache.root.parent / "student_float.last_good.pt") from None
+            raise _keep_last_good(exc, p.lc.output_dir / "student_float.last_good.pt") from None
         save_torch(out.student.state_dict(), folder / "student.pt")
-        r = out.result
-        return {"best_epoch": r.best_epoch, "best_val_top1": r.best_val_top1, "seconds": r.seconds,
-                "samples_per_second": r.samples_per_second, "history": [vars(h) for h in r.history]}
+        return _training_record(out.result)
 
-    folder, record, cached = cache.run("distill", key, produce)
-    plan.student.load_state_dict(torch.load(folder / "student.pt", weights_only=True))
-    plan.student.eval()
-    record = {**record, "cached": cached, "key": key}
-    log(f"[distill] best val top-1 {record['best_val_top1']:.4f} at epoch {record['best_epoch']}"
-        + _when(record, cached))
-    return plan.student, record
+    def load(self, folder: Path | None, record: dict[str, Any], inputs: dict[str, Any]) -> nn.Module:
+        assert folder is not None
+        student = self.plan.new_student()
+        student.load_state_dict(torch.load(folder / "student.pt", weights_only=True))
+        return student.eval()
+
+    def describe(self, record: dict[str, Any]) -> str:
+        return f"best val top-1 {record['best_val_top1']:.4f} at epoch {record['best_epoch']}"
 
 
-def run_qat_stage(plan: Plan, distill_key: str, cache: StageCache, log: Log) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
-    from .quant.qat import load_carrier, quantization_aware_training, save_carrier
+class QatStage(Stage[torch.fx.GraphModule]):
+    """int8 QAT of the distilled student; its converted graph is the one carrier of every int8 artifact."""
 
-    cfg = plan.lc.config
-    cal = plan.calibration
-    key = stage_key("qat", config=cfg.qat.model_dump(mode="json"), distill=distill_key,
-                    calibration=cal.model_dump(mode="json"), data=plan.data.digest())
+    kind = "qat"
 
-    def produce(folder: Path) -> dict[str, Any]:
-        kind = "post-training quantization (qat.epochs: 0)" if cfg.qat.epochs == 0 else f"{cfg.qat.epochs} epochs int8 QAT"
-        log(f"[qat] {kind} (w: per-channel symmetric, a: per-tensor affine"
-            f"{', learned ranges' if cfg.qat.learn_ranges else ''})")
-        calib = calibration_split(plan.data, cal)
+    def __init__(self, plan: Plan) -> None:
+        super().__init__(after=("distill",))
+        self.plan = plan
+
+    def key_inputs(self) -> dict[str, Any]:
+        cfg = self.plan.lc.config
+        return {"config": cfg.qat.model_dump(mode="json"), "calibration": self.plan.calibration.model_dump(mode="json"),
+                "teacher": self.plan.teacher_digest, **self.plan.data_identity()}
+
+    def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
+        from .quant.qat import quantization_aware_training, save_carrier
+
+        assert folder is not None
+        p, cfg = self.plan, self.plan.lc.config
+        cal = p.calibration
+        calib = p.calibration_split()
         try:
             out = quantization_aware_training(
-                plan.student, plan.teacher, plan.data, calib, cfg.qat, temperature=cfg.distill.temperature,
+                inputs["distill"], p.teacher, p.data, calib, cfg.qat, temperature=cfg.distill.temperature,
                 alpha=cfg.distill.alpha, show_progress=progress_enabled(cfg.progress))
         except NonFiniteLoss as exc:
-            raise _keep_last_good(exc, cache.root.parent / "student_qat.last_good.pt") from None
-        save_carrier(out.converted, plan.data.train.x, str(folder / "student_qat.pt2"))
-        r = out.result
-        return {"best_epoch": r.best_epoch, "best_val_top1": r.best_val_top1, "seconds": r.seconds,
-                "samples_per_second": r.samples_per_second, "history": [vars(h) for h in r.history],
-                "convert_max_abs_diff": out.convert_max_diff, "quantize_ops": out.quantized_ops,
+            raise _keep_last_good(exc, p.lc.output_dir / "student_qat.last_good.pt") from None
+        save_carrier(out.converted, p.data.train.x, str(folder / "student_qat.pt2"))
+        return {**_training_record(out.result), "convert_max_abs_diff": out.convert_max_diff,
+                "quantize_ops": out.quantized_ops, "post_training_only": cfg.qat.epochs == 0,
                 "calibration": {"name": cal.name, "samples": len(calib), "split": cal.split,
                                 "selection": cal.selection, "seed": cal.seed}}
 
-    folder, record, cached = cache.run("qat", key, produce)
-    converted = load_carrier(str(folder / "student_qat.pt2"))
-    record = {**record, "cached": cached, "key": key}
-    log(f"[qat] best val top-1 {record['best_val_top1']:.4f} at epoch {record['best_epoch']}"
-        + _when(record, cached))
-    return converted, record
+    def load(self, folder: Path | None, record: dict[str, Any], inputs: dict[str, Any]) -> torch.fx.GraphModule:
+        from .quant.qat import load_carrier
+
+        assert folder is not None
+        return load_carrier(str(folder / "student_qat.pt2"))
+
+    def describe(self, record: dict[str, Any]) -> str:
+        return f"best val top-1 {record['best_val_top1']:.4f} at epoch {record['best_epoch']}"
 
 
+@dataclass
+class References:
+    """The reference models' logits on the test split and their records, for every target's validation."""
+
+    logits: dict[str, np.ndarray]
+    top1: dict[str, float]
+    per_class: dict[str, list[float | None]]
+    carrier: Carrier
+
+
+class ReferenceStage(Stage[References]):
+    kind = "reference"
+    ROLES = ("teacher", "float_student", "qat_simulation")
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__(after=("distill", "qat"))
+        self.plan = plan
+
+    def key_inputs(self) -> dict[str, Any]:
+        return {"teacher": self.plan.teacher_digest, "validation": self.plan.lc.config.validation.batch_size,
+                **self.plan.data_identity()}
+
+    def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
+        from .runtimes.torch_ref import TorchSession
+        from .validate import Accuracy
+
+        assert folder is not None
+        p = self.plan
+        models = {"teacher": p.teacher, "float_student": inputs["distill"], "qat_simulation": inputs["qat"]}
+        x, y = p.data.test.x.numpy(), p.data.test.y.numpy()
+        logits = {r: TorchSession(models[r]).run_all(x, p.lc.config.validation.batch_size) for r in self.ROLES}
+        np.savez(folder / "logits.npz", **logits)  # type: ignore[arg-type]
+        accs = {r: Accuracy.of(logits[r], y, p.data.num_classes) for r in self.ROLES}
+        return {"top1": {r: a.top1 for r, a in accs.items()}, "per_class": {r: a.per_class for r, a in accs.items()}}
+
+    def load(self, folder: Path | None, record: dict[str, Any], inputs: dict[str, Any]) -> References:
+        assert folder is not None
+        with np.load(folder / "logits.npz", allow_pickle=False) as z:
+            logits = {r: z[r] for r in self.ROLES}
+        carrier = self.plan.make_carrier(inputs["distill"], inputs["qat"])
+        return References(logits, record["top1"], record["per_class"], carrier)
+
+    def describe(self, record: dict[str, Any]) -> str:
+        t = record["top1"]
+        return (f"test top-1: teacher {t['teacher']:.4f}, float student {t['float_student']:.4f}, "
+                f"QAT simulation {t['qat_simulation']:.4f}")

@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .schema import Strict, parse, read_yaml
+from .gate_spec import GateSpec
+from .schema import Strict, describe_error, parse, read_yaml
 
-Format = Literal["onnx", "tflite", "coreml"]
 Precision = Literal["fp32", "fp16", "int8"]
+OptionsT = TypeVar("OptionsT", bound=Strict)
 
 
 class InputSpec(Strict):
@@ -23,6 +24,8 @@ class InputSpec(Strict):
 
 
 class RuntimeSpec(Strict):
+    engine: str | None = Field(None, description="which runtime of the format runs the artifact (default: the "
+                               "first this host can run, e.g. Core ML itself on macOS, else the reference interpreter)")
     threads: PositiveInt = 1
     compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] | None = None
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
@@ -54,14 +57,6 @@ class CoremlOptions(Strict):
     weights: Literal["float", "int8", "palette4", "palette6"] = Field(
         "float", description="weight-only compression of fp16/fp32 programs: int8 linear (per-channel symmetric) "
         "or k-means palettes of 2^4 / 2^6 entries; activations stay float")
-
-
-class Budgets(Strict):
-    latency_p90_ms: PositiveFloat | None = None
-    size_kb: PositiveFloat | None = None
-    min_retention: float | None = Field(None, gt=0)
-    max_drift_points: float | None = Field(
-        None, ge=0, description="this target's allowance for |top-1 drift| vs its reference (lossy forms)")
 
 
 class DeviceSpec(Strict):
@@ -109,9 +104,13 @@ class LatencySpec(Strict):
 
 
 class TargetProfile(Strict):
+    """One device/format/precision. Options of formats without a section here (``executorch: {...}``)
+    are kept raw and parsed by that format's exporter (``format_options``), so a new format adds no
+    field here."""
+
     name: str = Field(pattern=r"^[\w.-]+$")
     description: str = ""
-    format: Format
+    format: str
     precision: Precision
     device: DeviceSpec = Field(default_factory=DeviceSpec)
     input: InputSpec = Field(default_factory=InputSpec)
@@ -119,8 +118,48 @@ class TargetProfile(Strict):
     onnx: OnnxOptions = Field(default_factory=OnnxOptions)
     coreml: CoremlOptions = Field(default_factory=CoremlOptions)
     tflite: TfliteOptions = Field(default_factory=TfliteOptions)
-    budgets: Budgets = Field(default_factory=Budgets)
+    gate: GateSpec = Field(default_factory=GateSpec, description="this target's limits; a limit set here "
+                           "overrides the build config's gate for this target only")
     latency: LatencySpec = Field(default_factory=LatencySpec)
+    format_sections: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
+    _options: dict[type, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_format_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "budgets" in data:
+            raise ValueError("'budgets' is now 'gate' with the build gate's names: min_retention, max_drift_points, "
+                             "min_agreement, max_latency_p90_ms, max_size_kb")
+        from .exporters import known_formats
+
+        extra = {k: data[k] for k in data if k not in cls.model_fields and k in known_formats()}
+        if not extra:
+            return data
+        if any(not isinstance(v, dict) for v in extra.values()):
+            raise ValueError(f"format options {', '.join(extra)} must be mappings")
+        return {**{k: v for k, v in data.items() if k not in extra}, "format_sections": extra}
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        from .exporters import known_formats
+
+        if v not in known_formats():
+            raise ValueError(f"unknown format '{v}' (available: {', '.join(known_formats())})")
+        return v
+
+    def format_options(self, model: type[OptionsT]) -> OptionsT:
+        """This profile's section for its own format (``<format>: {...}``), parsed by the format's model."""
+        if model not in self._options:
+            raw = self.format_sections.get(self.format, {})
+            try:
+                self._options[model] = model.model_validate(raw)
+            except ValidationError as exc:
+                raise ConfigError(f"{self.format}.{describe_error(model, exc)}", target=self.name,
+                                  fix=f"fix the '{self.format}:' section of the profile") from None
+        return self._options[model]  # type: ignore[no-any-return,unused-ignore]
 
     @model_validator(mode="after")
     def _runner_fits_format(self) -> TargetProfile:

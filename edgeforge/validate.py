@@ -4,43 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from .records import Latency, Metrics
 from .runtimes.base import Session
 
 
 @dataclass
 class Accuracy:
     top1: float
-    per_class: list[float]
+    per_class: list[float | None]  # None for a class absent from the split
 
     @classmethod
     def of(cls, logits: np.ndarray, y: np.ndarray, num_classes: int) -> Accuracy:
         pred = logits.argmax(1)
-        per = [float((pred[y == c] == c).mean()) if (y == c).any() else float("nan") for c in range(num_classes)]
+        per = [float((pred[y == c] == c).mean()) if (y == c).any() else None for c in range(num_classes)]
         return cls(float((pred == y).mean()), per)
-
-
-@dataclass
-class Latency:
-    batch: int
-    threads: int
-    warmup: int
-    runs: int
-    load_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    measured_on: str
-    samples_ms: list[float] = field(default_factory=list)  # every timed run, for distribution plots
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def measure_latency(session: Session, sample: np.ndarray, *, warmup: int, runs: int, threads: int,
@@ -57,7 +39,7 @@ def measure_latency(session: Session, sample: np.ndarray, *, warmup: int, runs: 
     ms = times * 1e3
     return Latency(1, threads, warmup, runs, session.load_seconds * 1e3, float(np.percentile(ms, 50)),
                    float(np.percentile(ms, 90)), float(np.percentile(ms, 99)), float(ms.mean()), measured_on,
-                   [round(float(v), 5) for v in ms])
+                   [round(float(v), 5) for v in ms], runtime=session.executor)
 
 
 def compare(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -97,19 +79,17 @@ def sha256_file(path: Path) -> str:
 def artifact_metrics(
     *, logits: np.ndarray, labels: np.ndarray, num_classes: int, teacher_top1: float,
     reference_name: str, reference_logits: np.ndarray, qat_sim_top1: float | None, float_top1: float,
-) -> dict[str, Any]:
+    size_bytes: int, teacher_bytes: int,
+) -> Metrics:
     acc = Accuracy.of(logits, labels, num_classes)
     ref_top1 = float((reference_logits.argmax(1) == labels).mean())
-    out: dict[str, Any] = {
-        "top1": acc.top1,
-        "per_class_top1": acc.per_class,
-        "retention": acc.top1 / teacher_top1 if teacher_top1 > 0 else float("nan"),
-        "reference": reference_name,
-        "reference_top1": ref_top1,
-        "drift_points": (acc.top1 - ref_top1) * 100.0,
-        "vs_float_student_points": (acc.top1 - float_top1) * 100.0,
-        **compare(logits, reference_logits),
-    }
-    if qat_sim_top1 is not None:
-        out["drift_vs_qat_points"] = (acc.top1 - qat_sim_top1) * 100.0
-    return out
+    diff = compare(logits, reference_logits)
+    return Metrics(
+        metric="top1", top1=acc.top1, per_class_top1=acc.per_class,
+        retention=acc.top1 / teacher_top1 if teacher_top1 > 0 else None,
+        reference=reference_name, reference_top1=ref_top1, drift_points=(acc.top1 - ref_top1) * 100.0,
+        vs_float_student_points=(acc.top1 - float_top1) * 100.0, size_bytes=size_bytes,
+        compression_vs_teacher=teacher_bytes / size_bytes,
+        drift_vs_qat_points=(acc.top1 - qat_sim_top1) * 100.0 if qat_sim_top1 is not None else None,
+        agreement=diff["agreement"], max_abs_diff=diff["max_abs_diff"], mean_abs_diff=diff["mean_abs_diff"],
+    )

@@ -80,3 +80,46 @@ def tiny_build(tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory):  # 
     root = tmp_path_factory.mktemp("build")
     cfg = write_config(root / "edgeforge.yaml", tiny_config(tiny_assets, root / "out"))
     return cfg, build(cfg, log=lambda _m: None)
+
+
+def _digits_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    y = d.target.astype(np.int64)
+    x_tr, x_rest, y_tr, y_rest = train_test_split(x, y, test_size=0.45, stratify=y, random_state=0)
+    x_val, x_te, y_val, y_te = train_test_split(x_rest, y_rest, test_size=2 / 3, stratify=y_rest, random_state=0)
+    return {n: (torch.from_numpy(a), torch.from_numpy(b))
+            for n, a, b in (("train", x_tr, y_tr), ("val", x_val, y_val), ("test", x_te, y_te))}
+
+
+@pytest.fixture(scope="session")
+def digits_carrier(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny CNN on scikit-learn's digits, briefly fitted, one QAT epoch with edgeforge's quantizer, the
+    carrier saved and reloaded as the pipeline does (folded int8 weights); shared by the format tests."""
+    pytest.importorskip("sklearn")
+    from edgeforge.carrier import Carrier
+    from edgeforge.config import QatConfig
+    from edgeforge.data import DataBundle, Split
+    from edgeforge.models.students import STUDENTS
+    from edgeforge.quant.qat import load_carrier, quantization_aware_training, save_carrier
+
+    from tiny_models import fit_classifier
+
+    torch.manual_seed(0)
+    data = DataBundle(*(Split(n, x, y) for n, (x, y) in _digits_splits().items()), num_classes=10,
+                      class_names=[str(i) for i in range(10)])
+    student = STUDENTS.get("convnet")(1, 10, width=8, depth=2)  # ~3.3 k parameters
+    fit_classifier(student, data.train.x, data.train.y, epochs=6, lr=5e-3, batch_size=64, shuffle=True)
+    out = quantization_aware_training(student, None, data, data.train, QatConfig(epochs=1, lr=5e-4),
+                                      temperature=3.0, alpha=0.0, show_progress=False)
+    path = tmp_path_factory.mktemp("carrier") / "qat.pt2"
+    save_carrier(out.converted, data.train.x, str(path))
+    quantized = load_carrier(str(path))
+    carrier = Carrier(student, quantized, (1, 8, 8), 10, data.class_names, data.train.x[:64], name="digits")
+    x_test = data.test.x
+    with torch.no_grad():
+        ref_float, ref_qat = student(x_test).numpy(), quantized(x_test).numpy()
+    return {"carrier": carrier, "x": x_test.numpy(), "y": data.test.y.numpy(), "float": ref_float, "qat": ref_qat}

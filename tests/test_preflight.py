@@ -46,7 +46,7 @@ def test_unsupported_op_fails_preflight_fast_before_training(make_config, tmp_pa
     assert code == 1 and len(lines) == 1, err[-2000:]
     line = lines[0]
     assert "preflight failed for 1 target(s)" in line
-    assert "target tflite-cpu-int8: the student uses op aten._linalg_det" in line
+    assert "target tflite-cpu-int8: the tflite converter cannot take op aten._linalg_det" in line
     assert "replace that op in the student or drop the target" in line
     assert elapsed < 60
     assert not list((tmp_path / "out" / "cache").glob("distill-*")), "no training may start after a failed preflight"

@@ -20,53 +20,16 @@ pytest.importorskip("sklearn")
 pytestmark = pytest.mark.tflite
 
 from edgeforge.carrier import Carrier  # noqa: E402
-from edgeforge.config import QatConfig  # noqa: E402
-from edgeforge.data import DataBundle, Split  # noqa: E402
 from edgeforge.errors import ExportError  # noqa: E402
 from edgeforge.exporters import get_exporter  # noqa: E402
 from edgeforge.exporters.tflite import unfold_quantized_weights  # noqa: E402
-from edgeforge.models.students import STUDENTS  # noqa: E402
-from edgeforge.quant.qat import load_carrier, quantization_aware_training, save_carrier  # noqa: E402
 from edgeforge.runtimes import get_runtime  # noqa: E402
 from edgeforge.targets import TargetProfile  # noqa: E402
 
-from tiny_models import fit_classifier  # noqa: E402
-
-
-def _digits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    y = d.target.astype(np.int64)
-    x_tr, x_rest, y_tr, y_rest = train_test_split(x, y, test_size=0.45, stratify=y, random_state=0)
-    x_val, x_te, y_val, y_te = train_test_split(x_rest, y_rest, test_size=2 / 3, stratify=y_rest, random_state=0)
-    return {n: (torch.from_numpy(a), torch.from_numpy(b))
-            for n, a, b in (("train", x_tr, y_tr), ("val", x_val, y_val), ("test", x_te, y_te))}
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    torch.manual_seed(0)
-    splits = _digits()
-    data = DataBundle(*(Split(n, x, y) for n, (x, y) in splits.items()), num_classes=10,
-                      class_names=[str(i) for i in range(10)])
-    student = STUDENTS.get("convnet")(1, 10, width=8, depth=2)  # ~3.3 k parameters
-    fit_classifier(student, data.train.x, data.train.y, epochs=6, lr=5e-3, batch_size=64, shuffle=True)
-    out = quantization_aware_training(student, None, data, data.train, QatConfig(epochs=1, lr=5e-4),
-                                      temperature=3.0, alpha=0.0, show_progress=False)
-    # Round trip as the pipeline does: the reloaded carrier holds folded int8 weights.
-    path = tmp_path_factory.mktemp("carrier") / "qat.pt2"
-    save_carrier(out.converted, data.train.x, str(path))
-    quantized = load_carrier(str(path))
-    carrier = Carrier(student, quantized, (1, 8, 8), 10, data.class_names, data.train.x[:64], name="digits")
-    x_test = data.test.x
-    with torch.no_grad():
-        ref_float = student(x_test).numpy()
-        ref_qat = quantized(x_test).numpy()
-    return {"carrier": carrier, "x": x_test.numpy(), "y": data.test.y.numpy(),
-            "float": ref_float, "qat": ref_qat, "dir": tmp_path_factory.mktemp("tflite")}
+def setup(digits_carrier: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return {**digits_carrier, "dir": tmp_path_factory.mktemp("tflite")}
 
 
 def _profile(name: str, precision: str, layout: str = "NCHW", dtype: str = "float32",
@@ -102,9 +65,10 @@ def test_fp16_weights(setup: dict[str, Any]) -> None:
     ref = setup["float"]
     assert float(np.abs(logits - ref).max()) <= 1e-2 * max(1.0, float(np.abs(ref).max()))
     assert (logits.argmax(1) == ref.argmax(1)).mean() >= 0.99
-    fp32_size = (setup["dir"] / "fp32-NCHW.tflite")
-    if fp32_size.exists():
-        assert art.path.stat().st_size < fp32_size.stat().st_size
+    fp32, _, _ = _export_and_run(setup, _profile("fp32-for-size", "fp32"))
+    n_params = sum(p.numel() for p in setup["carrier"].float_model.parameters())
+    saved = fp32.path.stat().st_size - art.path.stat().st_size
+    assert saved >= 1.5 * n_params, f"fp16 weights save ~2 bytes per parameter, saved {saved} for {n_params}"
 
 
 def _check_full_int8(info: dict[str, Any]) -> None:
@@ -174,6 +138,3 @@ def test_unfold_keeps_the_carrier_numbers(setup: dict[str, Any]) -> None:
     with torch.no_grad():
         assert torch.equal(unfolded(x), q(x))
 
-
-def test_runtime_available() -> None:
-    assert get_runtime("tflite").unavailable_reason() is None

@@ -1,4 +1,10 @@
-"""The exporter interface: one small adapter per artifact format."""
+"""The exporter interface: one small adapter per artifact format, holding that format's policy.
+
+Everything a format decides lives in its exporter (and its runtime): which precisions it writes,
+its options, which reference an artifact is judged against, its parity tolerance, the rules its
+files must meet after export, and the packages whose versions the manifest records. Validation,
+the gate and the pipeline ask these methods and never test ``target.format`` themselves.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,23 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..carrier import Carrier
 from ..errors import ExportError
+from ..records import Check
 from ..registry import Registry
 from ..targets import TargetProfile
+
+if TYPE_CHECKING:
+    from ..carrier import Carrier
+    from ..config import ValidationConfig
+    from ..schema import Strict
+
+Reference = Literal["qat_simulation", "float_student"]
+
+# fp16 logits differ from fp32 by a few ulps of fp16 (~1e-3 relative); int8 artifacts are judged by
+# drift and agreement against the QAT simulation instead of an absolute tolerance.
+FP16_PARITY_ATOL = 2e-2
 
 
 @dataclass
@@ -27,17 +44,56 @@ class Exporter(ABC):
     precisions: ClassVar[tuple[str, ...]]
     suffix: ClassVar[str]
     extra: ClassVar[str]
+    packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions the manifest records
+    options_model: ClassVar[type[Strict] | None] = None  # the profile's `<format>:` section
 
-    def check_precision(self, target: TargetProfile) -> None:
+    def check_target(self, target: TargetProfile) -> None:
+        """Plan-time checks of a profile against this format (precision, options); raises ExportError."""
         if target.precision not in self.precisions:
-            raise ExportError(
-                f"target {target.name}: {self.format} precision '{target.precision}' is not supported "
-                f"(supported: {', '.join(self.precisions)}); fix 'precision' in its profile"
-            )
+            raise ExportError(f"{self.format} precision '{target.precision}' is not supported "
+                              f"(supported: {', '.join(self.precisions)})", target=target.name,
+                              key="precision", fix="fix 'precision' in its profile")
+        if self.options_model is not None:
+            target.format_options(self.options_model)
+
+    def reference(self, target: TargetProfile) -> Reference:
+        """The model whose predictions an artifact of this target must reproduce."""
+        return "qat_simulation" if target.precision == "int8" else "float_student"
+
+    def parity_atol(self, target: TargetProfile, validation: ValidationConfig) -> float | None:
+        """Max |logit diff| vs the reference, or None where the format is judged by drift and agreement."""
+        return {"fp32": validation.parity_atol, "fp16": FP16_PARITY_ATOL}.get(target.precision)
+
+    def artifact_checks(self, info: dict[str, Any], target: TargetProfile) -> list[Check]:
+        """Rules a written artifact must meet, enforced at build time (whatever preflight said)."""
+        return []
 
     @abstractmethod
     def export(self, carrier: Carrier, target: TargetProfile, path: Path) -> ExportedArtifact:
         """Write the artifact for ``target`` to ``path`` (the caller makes the write atomic)."""
+
+
+def converter_failed(tool: str, exc: BaseException, carrier: Carrier, target: TargetProfile) -> ExportError:
+    """A converter's exception as one ExportError naming the student's op it choked on, when it names one.
+
+    The op is found by looking for the student's own graph ops in the converter's message (a
+    converter names the op it cannot lower), not by guessing at the message's wording.
+    """
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    detail = next((ln.split("error:", 1)[1].strip() for ln in lines if "error:" in ln), lines[0] if lines else "")
+    op = next((o for o in student_ops(carrier) if o in str(exc)), None)
+    fix = "replace that op in the student or drop the target" if op else None
+    return ExportError(f"{tool} failed: {type(exc).__name__}: {detail[:240]}", target=target.name, op=op, fix=fix)
+
+
+def student_ops(carrier: Carrier) -> list[str]:
+    """The aten ops of the carrier's graph (``aten.conv2d``), longest first so prefixes do not shadow."""
+    gm = carrier.quantized
+    if gm is None:
+        return []
+    ops = {str(n.target).rsplit(".", 1)[0] for n in gm.graph.nodes
+           if n.op == "call_function" and str(n.target).startswith("aten.")}
+    return sorted(ops, key=len, reverse=True)
 
 
 EXPORTERS: Registry[type[Exporter]] = Registry("exporter format")

@@ -18,7 +18,7 @@ from torch.export import Dim
 from ..carrier import Carrier
 from ..errors import ExportError, require
 from ..targets import TargetProfile
-from .base import EXPORTERS, ExportedArtifact, Exporter
+from .base import EXPORTERS, ExportedArtifact, Exporter, converter_failed
 
 
 def _export_program(model: torch.nn.Module, carrier: Carrier, target: TargetProfile) -> tuple[Any, torch.Tensor]:
@@ -149,11 +149,12 @@ class OnnxExporter(Exporter):
     precisions = ("fp32", "fp16", "int8")
     suffix = ".onnx"
     extra = "onnx"
+    packages = ("onnx", "onnxscript", "onnxruntime")
 
     def export(self, carrier: Carrier, target: TargetProfile, path: Path) -> ExportedArtifact:
         onnx = require("onnx", "onnx")
         require("onnxscript", "onnx")
-        self.check_precision(target)
+        self.check_target(target)
         if target.input.layout != "NCHW" or target.input.dtype != "float32":
             raise ExportError(
                 f"target {target.name}: the ONNX exporter writes NCHW float32 inputs; set input.layout: NCHW, input.dtype: float32"
@@ -174,7 +175,7 @@ class OnnxExporter(Exporter):
                 warnings.simplefilter("ignore")
                 prog = torch.onnx.export(ep, (ex,), dynamo=True, opset_version=opts.opset, verbose=False)
         except Exception as exc:
-            raise ExportError(f"target {target.name}: torch.onnx.export failed: {str(exc).strip().splitlines()[0][:200]}") from None
+            raise converter_failed("torch.onnx.export", exc, carrier, target) from None
         if prog is None:
             raise ExportError(f"target {target.name}: torch.onnx.export returned no model")
         proto = prog.model_proto

@@ -25,8 +25,10 @@ import torch
 
 from ..carrier import Carrier
 from ..errors import ExportError, require
+from ..records import Check
 from ..targets import TargetProfile
-from .base import EXPORTERS, ExportedArtifact, Exporter
+from .base import EXPORTERS, ExportedArtifact, Exporter, converter_failed
+from .tflite_ops import name_ops
 
 _FLOAT_TYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -220,7 +222,8 @@ def describe(data: bytes) -> dict[str, Any]:
         return type_names.get(sg.tensors[i].type, "?") if i >= 0 else "-"
 
     ops: dict[str, dict[str, Any]] = {}
-    float_ops: list[str] = []
+    float_ops: list[dict[str, Any]] = []
+    float_edges: list[dict[str, Any]] = []
     io_converters: list[str] = []
     inputs, outputs = set(sg.inputs), set(sg.outputs)
     for k, op in enumerate(sg.operators):
@@ -240,7 +243,11 @@ def describe(data: bytes) -> dict[str, Any]:
         if at_io:
             io_converters.append(f"{name}#{k} ({sig})")
         elif is_float and not (name == "DEQUANTIZE" and all(i in const for i in ins)):
-            float_ops.append(f"{name}#{k} ({sig})")
+            # QUANTIZE/DEQUANTIZE inside the graph are the edges of a float island, listed apart.
+            out_name = sg.tensors[op.outputs[0]].name if len(op.outputs) else b""
+            (float_edges if name in ("QUANTIZE", "DEQUANTIZE") else float_ops).append({
+                "op": name, "index": k, "dtype": tname(op.outputs[0]) if len(op.outputs) else "-",
+                "tensor": out_name.decode() if isinstance(out_name, bytes) else str(out_name or "")})
 
     def io(idx: list[int], sigs: list[Any]) -> list[dict[str, Any]]:
         out = []
@@ -272,19 +279,35 @@ def describe(data: bytes) -> dict[str, Any]:
         "outputs": io(list(sg.outputs), list(signature.outputs or []) if signature else []),
         "io_converters": io_converters,
         "float_ops": float_ops,
+        "float_edges": float_edges,
     }
 
 
 # --- the exporter ----------------------------------------------------------------------------
+
+def describe_float_ops(float_ops: list[Any], limit: int = 8) -> str:
+    """``features.3.se.gate: hardsigmoid (ADD)`` where the exporter knows the module, else the TFLite op."""
+    seen: dict[str, int] = {}
+    for o in float_ops:
+        if isinstance(o, dict):
+            where = ": ".join(str(o[k]) for k in ("module", "torch_op") if o.get(k))
+            text = f"{where} ({o.get('op', '?')})" if where else str(o.get("op", o))
+        else:
+            text = str(o).split("#")[0]
+        seen[text] = seen.get(text, 0) + 1
+    parts = [f"{t} x{n}" if n > 1 else t for t, n in seen.items()]
+    return ", ".join(parts[:limit]) + (f", ... ({len(parts) - limit} more)" if len(parts) > limit else "")
+
 
 class TfliteExporter(Exporter):
     format = "tflite"
     precisions = ("fp32", "fp16", "int8")
     suffix = ".tflite"
     extra = "tflite"
+    packages = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer")
 
-    def _check(self, target: TargetProfile) -> None:
-        self.check_precision(target)
+    def check_target(self, target: TargetProfile) -> None:
+        super().check_target(target)
         in_dt, out_dt = target.input.dtype, target.tflite.output_dtype
         if target.precision != "int8" and (in_dt != "float32" or out_dt != "float32"):
             raise ExportError(
@@ -292,8 +315,23 @@ class TfliteExporter(Exporter):
                 "set input.dtype and tflite.output_dtype to float32 for fp32/fp16"
             )
 
+    def artifact_checks(self, info: dict[str, Any], target: TargetProfile) -> list[Check]:
+        """A full-int8 file must hold only int8 kernels: a float op falls back to the CPU on an NPU/DSP."""
+        if target.precision != "int8":
+            return []
+        float_ops = info.get("float_ops") or []
+        if not float_ops:
+            return [Check("float_ops", True, 0, 0, "every op is int8 (apart from the I/O edge)")]
+        names = describe_float_ops(float_ops)
+        if target.tflite.allow_float_ops:
+            return [Check("float_ops", True, len(float_ops), "allowed",
+                          f"{len(float_ops)} float op(s) kept, as tflite.allow_float_ops allows: {names}")]
+        return [Check("float_ops", False, len(float_ops), 0,
+                      f"{len(float_ops)} op(s) stay float in the full-int8 file: {names}; replace them in the "
+                      "student, or accept the CPU fallback with tflite.allow_float_ops: true")]
+
     def export(self, carrier: Carrier, target: TargetProfile, path: Path) -> ExportedArtifact:
-        self._check(target)
+        self.check_target(target)
         with _quiet():  # importing litert-torch logs from C++ (absl, oneDNN) straight to fd 2
             litert_torch = require("litert_torch", "tflite")
             require("ai_edge_litert", "tflite")
@@ -336,7 +374,7 @@ class TfliteExporter(Exporter):
                     f"target {target.name}: litert-torch could not convert with a dynamic batch ({_first_line(exc)}); "
                     "set input.batch to a fixed size (e.g. 1) in the profile"
                 ) from None
-            raise ExportError(f"target {target.name}: litert-torch conversion failed: {_first_line(exc)}") from None
+            raise converter_failed("litert-torch conversion", exc, carrier, target) from None
 
         if target.precision == "fp16":
             with _quiet():
@@ -351,8 +389,12 @@ class TfliteExporter(Exporter):
                               f"the profile asks for {want[0]} / {want[1]} (litert-torch changed its int8 I/O?)")
         if target.precision != "int8":
             info.pop("float_ops")  # every op is float by design; the list is about int8 files
-        elif info["float_ops"]:
-            logging.getLogger(__name__).warning("%s: float ops left in the int8 file: %s", target.name, info["float_ops"])
+            info.pop("float_edges")
+        else:
+            name_ops([*info["float_ops"], *info["float_edges"]], carrier.float_model, carrier.quantized)
+            if info["float_ops"]:
+                logging.getLogger(__name__).warning("%s: float ops left in the int8 file: %s", target.name, ", ".join(
+                    f"{o['module']}: {o['torch_op']} ({o['op']})" for o in info["float_ops"]))
         path.write_bytes(data)
         import importlib.metadata as md
 
@@ -364,7 +406,7 @@ class TfliteExporter(Exporter):
             **info,
             "layout": target.input.layout,
             "batch": batch,
-            "full_integer": target.precision == "int8" and not info.get("float_ops"),
+            "full_integer": target.precision == "int8" and not info.get("float_ops") and not info.get("float_edges"),
             "exporter": ", ".join(versions),
         })
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import importlib.util
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import RuntimeUnavailable
+from ..errors import ConfigError, RuntimeUnavailable
 from ..registry import Registry
 from ..targets import TargetProfile
+
+if TYPE_CHECKING:
+    from ..config import ValidationConfig
 
 
 class Session(ABC):
@@ -44,11 +47,20 @@ class Session(ABC):
 
 
 class Runtime(ABC):
+    """Runs one format's artifacts on this host, and knows its on-device benchmark tools.
+
+    Registered as ``"<format>:<name>"``; ``priority`` orders the runtimes of one format (lower
+    first) when a profile does not name one.
+    """
+
     name: ClassVar[str]
     format: ClassVar[str]
     extra: ClassVar[str]
     module: ClassVar[str]  # the Python module the runtime needs
     package: ClassVar[str]  # its pip name, for the install hint
+    priority: ClassVar[int] = 10
+    ssh_bench: ClassVar[str | None] = None  # the format name remote/device_bench.py runs on a device over SSH
+    adb_bench: ClassVar[bool] = False  # TFLite's benchmark_model on an Android device
 
     def unavailable_reason(self) -> str | None:
         """None when this host can run the format, else why not (shown in the manifest)."""
@@ -70,5 +82,27 @@ class Runtime(ABC):
         """What the runtime makes of the artifact (e.g. the kernels it fused); empty if nothing to say."""
         return {}
 
+    def measure_on_device(self, target: TargetProfile, artifact: Path, validation: ValidationConfig) -> dict[str, Any]:
+        """Latency on the profile's device (``latency.measured_on``); raises EdgeforgeError subclasses."""
+        spec = target.latency
+        if spec.measured_on == "ssh" and spec.ssh is not None and self.ssh_bench:
+            from ..remote.ssh import SshDevice, measure_ssh
 
-RUNTIMES: Registry[type[Runtime]] = Registry("runtime")
+            s = spec.ssh
+            device = SshDevice(host=s.host, user=s.user, port=s.port, key=Path(s.key).expanduser() if s.key else None,
+                               python=s.python, workdir=s.workdir, connect_timeout=s.connect_timeout,
+                               known_hosts=Path(s.known_hosts).expanduser() if s.known_hosts else None)
+            return measure_ssh(artifact, device=device, format=self.ssh_bench, threads=target.runtime.threads,  # type: ignore[arg-type]
+                               warmup=validation.warmup, runs=validation.runs).as_dict()
+        if spec.measured_on == "adb" and spec.adb is not None and self.adb_bench:
+            from ..remote.adb import AdbDevice, measure_adb
+
+            a = spec.adb
+            dev = AdbDevice(serial=a.serial, benchmark_model=a.benchmark_model, workdir=a.workdir, adb=a.adb)
+            return measure_adb(artifact, device=dev, threads=target.runtime.threads, warmup=validation.warmup,
+                               runs=validation.runs).as_dict()
+        raise ConfigError(f"{self.format} artifacts cannot be timed with latency.measured_on: {spec.measured_on}",
+                          target=target.name, fix="set latency.measured_on: host or pick a format with a device runner")
+
+
+RUNTIMES: Registry[type[Runtime]] = Registry("runtime")  # keys: "<format>:<name>"

@@ -92,16 +92,17 @@ class CoremlSession(Session):
         return np.concatenate(outs)
 
 
-class CoremlRuntime(Runtime):
-    name = "coreml"
+class CoremlReferenceRuntime(Runtime):
+    """Runs the saved ML program with edgeforge's numpy interpreter: accuracy yes, device timings no."""
+
+    name = "reference"
     format = "coreml"
     extra = "coreml"
     module = "coremltools"
     package = "coremltools"
+    priority = 20
 
     def _open(self, path: Path, target: TargetProfile) -> Session:
-        if coreml_framework_reason() is None:
-            return CoremlSession(path, target)
         return ReferenceSession(path, target)
 
     def inspect(self, path: Path) -> dict[str, Any]:
@@ -112,4 +113,18 @@ class CoremlRuntime(Runtime):
                 "ops_without_reference_kernel": missing_kernels(program)}
 
 
-RUNTIMES.add("coreml", CoremlRuntime)
+class CoremlFrameworkRuntime(CoremlReferenceRuntime):
+    """Core ML itself (macOS): predictions on the profile's compute units."""
+
+    name = "coremltools"
+    priority = 0
+
+    def unavailable_reason(self) -> str | None:
+        return super().unavailable_reason() or coreml_framework_reason()
+
+    def _open(self, path: Path, target: TargetProfile) -> Session:
+        return CoremlSession(path, target)
+
+
+RUNTIMES.add("coreml:reference", CoremlReferenceRuntime)
+RUNTIMES.add("coreml:coremltools", CoremlFrameworkRuntime)

@@ -75,6 +75,8 @@ class LiteRTRuntime(Runtime):
     extra = "tflite"
     module = "ai_edge_litert"
     package = "ai-edge-litert"
+    ssh_bench = "tflite"
+    adb_bench = True
 
     def unavailable_reason(self) -> str | None:
         missing = super().unavailable_reason()
@@ -90,4 +92,4 @@ class LiteRTRuntime(Runtime):
         return LiteRTSession(path, target)
 
 
-RUNTIMES.add("tflite", LiteRTRuntime)
+RUNTIMES.add("tflite:litert", LiteRTRuntime)

@@ -68,6 +68,7 @@ class OnnxRuntime(Runtime):
     extra = "onnx"
     module = "onnxruntime"
     package = "onnxruntime"
+    ssh_bench = "onnx"
 
     def _open(self, path: Path, target: TargetProfile) -> Session:
         return OrtSession(path, target)
@@ -76,4 +77,4 @@ class OnnxRuntime(Runtime):
         return {"ops_after_fusion": optimized_ops(path)}
 
 
-RUNTIMES.add("onnx", OnnxRuntime)
+RUNTIMES.add("onnx:onnxruntime", OnnxRuntime)
