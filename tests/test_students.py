@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -55,3 +57,30 @@ def test_v2_uses_relu6_and_linear_bottlenecks() -> None:
 def test_too_deep_names_the_key_and_range(family: str, depth: int) -> None:
     with pytest.raises(ConfigError, match=r"student.depth: .* use 1\.\."):
         STUDENTS.get(family)(1, 10, width=16, depth=depth)
+
+
+@pytest.mark.slow
+@pytest.mark.tflite
+def test_mobilenet_v3_small_passes_full_int8_tflite_preflight(tmp_path: Path) -> None:
+    """All 11 blocks of MobileNetV3-Small (SE with hardsigmoid, hardswish) come out int8 builtins only."""
+    pytest.importorskip("litert_torch")
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from edgeforge.carrier import Carrier
+    from edgeforge.preflight import check_target
+    from edgeforge.quant.qat import export_for_training
+    from edgeforge.quant.quantizer import Int8Quantizer, Int8Scheme
+    from edgeforge.targets import TargetProfile
+
+    torch.manual_seed(0)
+    student = STUDENTS.get("mobilenet_v3")(1, 10, width=16, depth=5, hidden=128).eval()
+    x = torch.randn(16, 1, 32, 32)
+    prepared = prepare_pt2e(export_for_training(student, x), Int8Quantizer(Int8Scheme(learn_activation_ranges=False)))
+    with torch.no_grad():
+        prepared(x)
+    carrier = Carrier(student, convert_pt2e(prepared), (1, 32, 32), 10, [str(i) for i in range(10)], x)
+    target = TargetProfile.model_validate({"name": "full-int8", "format": "tflite", "precision": "int8",
+                                           "input": {"batch": 1}})
+    check = check_target(carrier, target, tmp_path, x[:4])
+    assert check.ok, check.message
+    assert check.warnings == []

@@ -527,3 +527,56 @@ def _tile(a: Args) -> np.ndarray:
 @kernel("shape")
 def _shape(a: Args) -> np.ndarray:
     return np.array(np.asarray(a.x).shape, dtype=np.int32)
+
+
+# ---- resampling ------------------------------------------------------------------------------------
+
+def _source_index(out: int, size: int, scale: float, align_corners: bool, half_pixel: bool) -> np.ndarray:
+    """Where each output row samples the input (MIL upsample_bilinear's three coordinate modes)."""
+    i = np.arange(out, dtype=np.float64)
+    if align_corners:
+        return i * ((size - 1) / (out - 1)) if out > 1 else np.zeros(out)
+    if half_pixel:
+        return np.clip((i + 0.5) / scale - 0.5, 0, size - 1)
+    return np.minimum(i / scale, size - 1)
+
+
+def _lerp(x: np.ndarray, axis: int, src: np.ndarray) -> np.ndarray:
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, x.shape[axis] - 1)
+    w = (src - lo).astype(np.float32)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    w = w.reshape(shape)
+    return np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
+
+
+@kernel("upsample_bilinear")
+def _upsample_bilinear(a: Args) -> np.ndarray:
+    x = a.f("x")
+    align = bool(a.get("align_corners", False))
+    half = bool(a.get("half_pixel_centers", not align))
+    for axis, key in ((-2, "scale_factor_height"), (-1, "scale_factor_width")):
+        s = float(a.get(key, 1.0))
+        size = x.shape[axis]
+        x = _lerp(x, x.ndim + axis, _source_index(int(math.floor(size * s)), size, s, align, half))
+    return x
+
+
+@kernel("upsample_nearest_neighbor")
+def _upsample_nearest(a: Args) -> np.ndarray:
+    x = np.asarray(a.x)
+    for axis, key in ((-2, "scale_factor_height"), (-1, "scale_factor_width")):
+        s = float(a.get(key, 1))
+        size = x.shape[axis]
+        idx = np.minimum(np.floor(np.arange(int(math.floor(size * s))) / s).astype(np.int64), size - 1)
+        x = np.take(x, idx, axis=x.ndim + axis)
+    return x
+
+
+@kernel("gather")
+def _gather(a: Args) -> np.ndarray:
+    x = np.asarray(a.x)
+    idx = np.asarray(a.indices).astype(np.int64)
+    axis = int(a.get("axis", 0))
+    return np.take(x, np.where(idx < 0, idx + x.shape[axis], idx), axis=axis)
