@@ -14,6 +14,7 @@ from torch import nn
 from ..config import LoadedConfig
 from ..errors import ConfigError, ModelError
 from ..factories import call_factory
+from .program_file import UnsafeProgramError, load_program
 from .students import STUDENTS
 
 
@@ -96,13 +97,21 @@ def load_teacher(lc: LoadedConfig) -> nn.Module:
             return torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:
             raise ModelError(f"teacher.torchscript: {path} is not a TorchScript file ({str(exc).splitlines()[0][:160]})") from None
-    path = lc.resolve(t.program or "")
+    return _load_teacher_program(lc.resolve(t.program or ""), trust=t.trust_checkpoint)
+
+
+def _load_teacher_program(path: Path, *, trust: bool) -> nn.Module:
     if not path.is_file():
         raise ModelError(f"teacher.program: file not found: {path}")
     try:
-        return torch.export.load(str(path)).module()
-    except Exception as exc:
-        raise ModelError(f"teacher.program: {path} is not a torch.export program ({str(exc).splitlines()[0][:160]})") from None
+        return load_program(path, trust=trust).module()
+    except UnsafeProgramError as exc:
+        raise ModelError(
+            f"teacher.program: {path} was refused: {exc}; re-save it with torch.export.save from a model of plain "
+            "tensors and torch operators, or set teacher.trust_checkpoint: true only if you trust the file (it can run code)"
+        ) from None
+    except ModelError as exc:
+        raise ModelError(f"teacher.program: {path} is not a torch.export program ({exc})") from None
 
 
 def build_student(lc: LoadedConfig, in_channels: int, num_classes: int) -> nn.Module:

@@ -157,6 +157,13 @@ def carrier_digest(gm: torch.fx.GraphModule) -> str:
 
 
 def load_carrier(path: str) -> torch.fx.GraphModule:
+    """Load a carrier saved by save_carrier; never runs code from the file (it may sit in a shared cache).
+
+    Raises UnsafeProgramError for a file that is not plain data (treat it as a cache miss) and
+    ModelError for one torch cannot read.
+    """
     import torchao.quantization.pt2e  # noqa: F401  registers the quantized_decomposed ops
 
-    return torch.export.load(path).module()
+    from ..models.program_file import load_program
+
+    return load_program(Path(path)).module()
