@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
@@ -14,6 +14,8 @@ from .gate_spec import GateSpec
 from .schema import Strict, parse, read_yaml
 
 FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+# numpy's legacy seeding, the narrowest consumer of our seeds, takes 0..2**32-1.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="a random seed, 0..4294967295")]
 
 
 class TeacherConfig(Strict):
@@ -58,7 +60,7 @@ class CalibrationConfig(Strict):
     split: Literal["train", "val"] = "train"
     samples: PositiveInt = 256
     selection: Literal["stratified", "random", "first"] = "stratified"
-    seed: int = 0
+    seed: Seed = 0
 
 
 class DataConfig(Strict):
@@ -103,7 +105,7 @@ class DistillConfig(Strict):
     temperature: PositiveFloat = 4.0
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the KD term; 1 - alpha weighs the hard-label loss")
     hints: list[HintConfig] = Field(default_factory=list)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class QatConfig(Strict):
@@ -120,7 +122,7 @@ class QatConfig(Strict):
     keep_teacher: bool = Field(True, description="keep the teacher's KD term in the QAT loss")
     temperature: PositiveFloat | None = None
     alpha: float | None = Field(None, ge=0, le=1)
-    seed: int = 0
+    seed: Seed = 0
 
 
 GateConfig = GateSpec  # the build's gate: defaults for every target (DEFAULT_GATE fills what is unset)
@@ -207,7 +209,63 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Lo
         for key, value in (overrides or {}).items():
             _set_dotted(raw, key, value, p)
     cfg = parse(BuildConfig, raw, str(p))
-    return LoadedConfig(cfg, p.resolve(), raw)
+    lc = LoadedConfig(cfg, p.resolve(), raw)
+    if cfg.baseline:
+        _check_baseline(lc.resolve(cfg.baseline), p)
+    check_factory_keywords(lc)
+    return lc
+
+
+def _check_baseline(path: Path, source: Path) -> None:
+    """A baseline that is not a manifest would only be found out after the whole build."""
+    fix = "point baseline: at the manifest.json of an earlier edgeforge build"
+    if not path.is_file():
+        raise ConfigError(f"{source}: baseline: {path} not found; {fix}")
+    try:
+        with path.open("rb") as f:
+            doc = json.loads(f.read(64 << 20))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{source}: baseline: {path} is not JSON ({str(exc)[:80]}); {fix}") from None
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    if not (isinstance(schema, str) and schema.startswith("edgeforge.manifest/")):
+        raise ConfigError(f"{source}: baseline: {path} is not an edgeforge manifest (schema {schema!r}); {fix}")
+
+
+def _check_keywords(fn: Any, what: str, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: its call will tell
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{key}: {what} does not take these arguments ({exc}); "
+                          f"its parameters: {', '.join(sig.parameters) or 'none'}") from None
+
+
+def check_factory_keywords(lc: LoadedConfig) -> None:
+    """Bind teacher/student kwargs to the callables they will be passed to, without calling them."""
+    from .factories import add_search_paths, load_callable
+
+    add_search_paths([lc.root, Path.cwd()])
+    t, s = lc.config.teacher, lc.config.student
+    if t.factory:
+        _check_keywords(load_callable(t.factory, "teacher.factory"), t.factory, "teacher.kwargs", (), t.kwargs)
+    if s.factory:
+        _check_keywords(load_callable(s.factory, "student.factory"), s.factory, "student.kwargs", (), s.kwargs)
+        return
+    from .models.students import STUDENTS
+
+    try:
+        builder = STUDENTS.get(s.family or "convnet")
+    except Exception as exc:
+        raise ConfigError(f"student.family: {exc}") from None
+    taken = sorted({"in_channels", "num_classes", "width", "depth"} & set(s.kwargs))
+    if taken:
+        raise ConfigError(f"student.kwargs: {', '.join(taken)} is set by edgeforge; use student.width / student.depth")
+    _check_keywords(builder, f"student family '{s.family}'", "student.kwargs", (1, 1), {"width": 1, "depth": 1, **s.kwargs})
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, source: Path) -> None:

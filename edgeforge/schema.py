@@ -74,6 +74,66 @@ def parse(cls: type[M], data: Any, source: str) -> M:
         raise ConfigError(f"{source}: {describe_error(cls, exc)}") from None
 
 
+_MAX_VALUES = 100_000  # expanded scalars + containers; real configs hold a few hundred
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"duplicate key '{key}' at line {line} (first at line {seen[key]}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: Any, where: str, sizes: dict[int, int], open_: set[int]) -> int:
+    """Count values as a consumer would see them, with aliases expanded, without expanding them."""
+    if not isinstance(node, dict | list):
+        return 1
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise ConfigError(f"{where}: a YAML alias refers to itself; write the value out")
+    open_.add(id(node))
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    total = 1
+    for k, v in items:
+        total += _expanded_size(v, f"{where}.{k}" if where else str(k), sizes, open_)
+        if total > _MAX_VALUES:
+            raise ConfigError(f"{where or '(top level)'}: expands to more than {_MAX_VALUES:,} values "
+                              "(nested YAML aliases?); write the value out")
+    open_.discard(id(node))
+    sizes[id(node)] = total
+    return total
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML: duplicate keys, self-referencing aliases and alias bombs are one-line errors."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+    try:
+        _expanded_size(data, "", {}, set())
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+    return data
+
+
 def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
@@ -81,10 +141,4 @@ def read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    return load_yaml_text(text, str(path))
