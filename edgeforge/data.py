@@ -51,36 +51,61 @@ class DataBundle:
         return h.hexdigest()
 
 
-def _from_arrays(name: str, source: str, x: np.ndarray, y: np.ndarray, cfg: DataConfig) -> Split:
-    if x.shape[0] == 0:
-        raise DataError(f"{source}: split '{name}' is empty; it needs at least one sample")
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise DataError(f"{source}: labels must be one integer per sample; got shape {y.shape} for {x.shape[0]} samples")
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
-            y = y.astype(np.int64)
-        else:
-            raise DataError(f"{source}: labels must be integers (class indices), got {y.dtype}")
+# Every target must hold the inputs: fp16 (Core ML, ONNX fp16) tops out at 65504.
+MAX_ABS_INPUT = 65504.0
+
+
+def _labels(source: str, name: str, y: np.ndarray, n: int) -> np.ndarray:
+    if y.ndim != 1 or y.shape[0] != n:
+        raise DataError(f"{source}: labels must be one integer per sample; got shape {y.shape} for {n} samples")
+    if np.issubdtype(y.dtype, np.integer) and not np.issubdtype(y.dtype, np.bool_):
+        labels = y
+    elif np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and np.all(np.mod(y, 1) == 0):
+        labels = y
+    else:
+        raise DataError(f"{source}: labels must be integers (class indices), got {y.dtype}")
+    if (labels < 0).any():
+        raise DataError(f"{source}: split '{name}' has negative labels; labels are class indices 0..K-1")
+    if float(labels.max()) >= 2**31:  # before any cast: a huge float would wrap around
+        raise DataError(f"{source}: split '{name}' has label {labels.max():.0f}; labels are class indices 0..K-1")
+    return labels.astype(np.int64)
+
+
+def _inputs(source: str, name: str, x: np.ndarray) -> np.ndarray:
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)) or x.dtype == np.bool_:
+        raise DataError(f"{source}: inputs of split '{name}' have dtype {x.dtype}; need real numbers (float, or uint8 pixels)")
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4:
         raise DataError(f"{source}: inputs must be N x C x H x W (or N x H x W), got shape {x.shape}")
     scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
-    xf = x.astype(np.float32) * scale
+    with np.errstate(over="ignore", invalid="ignore"):
+        xf = x.astype(np.float32) * scale
     if not np.isfinite(xf).all():
         bad = int((~np.isfinite(xf)).reshape(len(xf), -1).any(axis=1).sum())
         raise DataError(f"{source}: {bad} sample(s) of split '{name}' hold NaN or inf; clean or drop them")
-    if (y < 0).any():
-        raise DataError(f"{source}: split '{name}' has negative labels; labels are class indices 0..K-1")
-    t = torch.from_numpy(np.ascontiguousarray(xf))
+    top = float(np.abs(xf).max())
+    if top > MAX_ABS_INPUT:
+        raise DataError(f"{source}: split '{name}' holds a value of {top:.3g}; inputs beyond +-{MAX_ABS_INPUT:g} do not "
+                        "fit fp16 targets: scale them (e.g. to 0..1) or set data.mean / data.std")
+    return xf
+
+
+def _from_arrays(name: str, source: str, x: np.ndarray, y: np.ndarray, cfg: DataConfig) -> Split:
+    if x.shape[0] == 0:
+        raise DataError(f"{source}: split '{name}' is empty; it needs at least one sample")
+    labels = _labels(source, name, y, x.shape[0])
+    t = torch.from_numpy(np.ascontiguousarray(_inputs(source, name, x)))
     if cfg.mean is not None or cfg.std is not None:
         c = t.shape[1]
         mean = torch.tensor(cfg.mean or [0.0] * c).view(1, -1, 1, 1)
         std = torch.tensor(cfg.std or [1.0] * c).view(1, -1, 1, 1)
         if mean.numel() != c or std.numel() != c:
             raise DataError(f"data.mean/std: need {c} values (one per channel)")
+        if (std == 0).any():
+            raise DataError("data.std: a standard deviation of 0 divides by zero; use 1 for an unscaled channel")
         t = (t - mean) / std
-    return Split(name, t, torch.from_numpy(y.astype(np.int64)))
+    return Split(name, t, torch.from_numpy(labels))
 
 
 def _load_npz(name: str, path: Path, cfg: DataConfig) -> Split:
@@ -145,13 +170,18 @@ def _load_factory(name: str, cfg: DataConfig) -> Split:
     try:
         for item in dataset:
             x, y = item[0], item[1]
-            xs.append(np.asarray(x, dtype=np.float32))
+            xs.append(np.asarray(x))  # dtype checked with the rest: strings and complex are refused there
             ys.append(int(y))
     except (TypeError, IndexError, ValueError) as exc:
         raise DataError(f"data.factory: split '{name}' must yield (input, label) pairs ({exc})") from None
     if not xs:
         raise DataError(f"data.factory: split '{name}' is empty")
-    return _from_arrays(name, f"data.factory({name!r})", np.stack(xs), np.array(ys), cfg)
+    try:
+        x = np.stack(xs)
+    except ValueError:
+        shapes = sorted({a.shape for a in xs})[:3]
+        raise DataError(f"data.factory: split '{name}' yields inputs of different shapes ({shapes}); resize them") from None
+    return _from_arrays(name, f"data.factory({name!r})", x, np.array(ys), cfg)
 
 
 def load_data(lc: LoadedConfig) -> DataBundle:
@@ -169,15 +199,28 @@ def load_data(lc: LoadedConfig) -> DataBundle:
     for s in splits.values():
         if s.x.shape[1:] != shape:
             raise DataError(f"data.{s.name}: input shape {tuple(s.x.shape[1:])} differs from train's {tuple(shape)}")
-    num_classes = int(splits["train"].y.max()) + 1
+    num_classes = _num_classes(splits, classes)
+    names = list(classes) if classes else [str(i) for i in range(num_classes)]
+    return DataBundle(splits["train"], splits["val"], splits["test"], num_classes, names)
+
+
+def _num_classes(splits: dict[str, Split], classes: list[str] | None) -> int:
+    """Classes are 0..max label of train; checked before anything is sized by that number."""
+    top = int(splits["train"].y.max())
+    n = len(splits["train"])
+    if classes is not None and top >= len(classes):
+        raise DataError(f"data.class_names: {len(classes)} names for {top + 1} classes (data.train has label {top})")
+    if classes is None and top >= n:
+        raise DataError(f"data.train: label {top} but only {n} training samples, so most classes have none; labels "
+                        "are class indices 0..K-1 (list data.class_names to declare K)")
+    num_classes = top + 1
     for name in ("val", "test"):
         top = int(splits[name].y.max())
         if top >= num_classes:
             raise DataError(f"data.{name}: label {top} never occurs in train (classes 0..{num_classes - 1}); check the labels")
     if classes is not None and len(classes) != num_classes:
         raise DataError(f"data.class_names: {len(classes)} names for {num_classes} classes")
-    names = list(classes) if classes else [str(i) for i in range(num_classes)]
-    return DataBundle(splits["train"], splits["val"], splits["test"], num_classes, names)
+    return num_classes
 
 
 def calibration_indices(split: Split, cal: CalibrationConfig) -> torch.Tensor:

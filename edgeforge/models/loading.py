@@ -128,19 +128,39 @@ def build_student(lc: LoadedConfig, in_channels: int, num_classes: int) -> nn.Mo
     return builder(in_channels, num_classes, width=s.width, depth=s.depth, **s.kwargs)
 
 
-def check_outputs(model: nn.Module, example: torch.Tensor, num_classes: int, role: str) -> None:
-    """Run two samples through a model and check it returns one logit per class."""
+def _run_once(model: nn.Module, x: torch.Tensor, role: str) -> torch.Tensor:
     try:
         with torch.no_grad():
-            out = model(example)
+            out = model(x)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{role}: fails on an input of shape {tuple(example.shape)}: {msg}") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != example.shape[0]:
+        raise ModelError(f"{role}: fails on an input of shape {tuple(x.shape)}: {msg}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"{role}: must return logits of shape [batch, classes], got {shape}")
-    if out.shape[1] != num_classes:
-        raise ModelError(
-            f"{role}: returns {out.shape[1]} logits but the data has {num_classes} classes; "
-            "teacher and student must both output one logit per class"
-        )
+        raise ModelError(f"{role}: must return logits of shape [batch, classes], got {shape} for a batch of {x.shape[0]}")
+    return out
+
+
+def check_outputs(model: nn.Module, example: torch.Tensor, num_classes: int, role: str) -> None:
+    """Check the model returns one finite logit per class, at batch 1, the example's batch and one more."""
+    # Batch 1 through a train-mode BatchNorm1d fails for a reason the build never meets; export
+    # programs refuse train()/eval() and are run as they are.
+    was_training = model.training and not isinstance(model, torch.fx.GraphModule)
+    if was_training:
+        model.eval()
+    try:
+        n = len(example)
+        for size in sorted({1, n, n + 1}):
+            x = example[torch.arange(size) % n]
+            out = _run_once(model, x, role)
+            if out.shape[1] != num_classes:
+                raise ModelError(
+                    f"{role}: returns {out.shape[1]} logits but the data has {num_classes} classes; "
+                    "teacher and student must both output one logit per class"
+                )
+            if not torch.isfinite(out).all():
+                raise ModelError(f"{role}: returns NaN or inf logits for a batch of {size} training inputs; "
+                                 "check its weights and the input scaling (data.mean / data.std)")
+    finally:
+        if was_training:
+            model.train()
