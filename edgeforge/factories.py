@@ -21,19 +21,31 @@ def add_search_paths(paths: Iterable[Path]) -> None:
 _loaded_sources: dict[str, bytes] = {}
 
 
+def _source(name: str) -> bytes | None:
+    f = getattr(sys.modules.get(name), "__file__", None)
+    try:
+        return Path(f).read_bytes() if f and f.endswith(".py") else None
+    except OSError:
+        return None
+
+
 def _import_fresh(module_name: str) -> Any:
-    """Import a user module, re-importing it when its file changed since (a long-lived process that
-    builds twice must not run yesterday's code under today's cache key)."""
+    """Import a user module; when it or a user module it imports changed on disk since, re-import
+    them (the imported ones first), so a long-lived process that builds twice never runs
+    yesterday's code under today's cache key."""
+    from .fingerprint import user_modules
+
     module = importlib.import_module(module_name)
-    f = getattr(module, "__file__", None)
-    if f and f.endswith(".py"):
-        try:
-            src = Path(f).read_bytes()
-        except OSError:
-            return module
-        if module_name in _loaded_sources and _loaded_sources[module_name] != src:
-            module = importlib.reload(module)
-        _loaded_sources[module_name] = src
+    closure = user_modules(module_name)
+    changed = [m for m in closure if m in _loaded_sources and _loaded_sources[m] != _source(m)]
+    if changed:
+        for name in reversed(closure):
+            importlib.reload(sys.modules[name])
+        module = sys.modules[module_name]
+    for name in user_modules(module_name):
+        src = _source(name)
+        if src is not None:
+            _loaded_sources[name] = src
     return module
 
 
