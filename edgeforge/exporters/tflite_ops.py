@@ -34,16 +34,28 @@ def module_path(tensor_name: str, known: set[str]) -> str | None:
     """``features.1.se.gate`` from a litert-torch tensor name, or None when it names no module."""
     location = tensor_name.split(";")[0]
     segments = location.split("/")[1:]  # the first segment is the root module's class
-    path = ""
-    for seg in segments:
-        leaf = seg.rsplit(".", 1)[-1]  # "Hardsigmoid_gate": class, "_", attribute
-        # Class names may hold "_" too: take the first split whose path the student really has.
-        cuts = [i for i, ch in enumerate(leaf) if ch == "_" and i > 0]
-        found = next((p for i in cuts if (p := f"{path}.{leaf[i + 1:]}".lstrip(".")) in known), None)
-        if found is None:
-            return path or None
-        path = found
-    return path or None
+    return _resolve("", segments, known) or None
+
+
+def _resolve(path: str, segments: list[str], known: set[str]) -> str:
+    """The deepest module path that explains the segments in order (backtracking on ambiguity).
+
+    Class names may hold "_" too, and containers that are never called (ModuleList, ModuleDict)
+    leave no segment, so one segment can match several modules below ``path``.
+    """
+    if not segments:
+        return path
+    leaf = segments[0].rsplit(".", 1)[-1]  # "Hardsigmoid_gate": class, "_", attribute
+    attrs = [leaf[i + 1:] for i, ch in enumerate(leaf) if ch == "_" and i > 0]
+    below = [k for k in known if not path or k.startswith(path + ".")]
+    found = sorted({k for k in below for a in attrs if k == a or k.endswith("." + a)},
+                   key=lambda k: (k.count("."), len(k)))
+    best = path
+    for cand in found:
+        deeper = _resolve(cand, segments[1:], known)
+        if deeper.count(".") + (deeper != "") > best.count(".") + (best != ""):
+            best = deeper
+    return best
 
 
 def _nodes_by_module(gm: torch.fx.GraphModule) -> dict[str, list[tuple[str, str]]]:
@@ -62,9 +74,13 @@ def _nodes_by_module(gm: torch.fx.GraphModule) -> dict[str, list[tuple[str, str]
 
 
 def _torch_op(tflite_op: str, candidates: list[tuple[str, str]]) -> str | None:
+    if tflite_op in ("QUANTIZE", "DEQUANTIZE"):
+        return None  # an island's edge, not an op the user wrote
     wanted = _ATEN_FOR.get(tflite_op, set())
     matched = [fn for aten, fn in candidates if aten in wanted] or [fn for _, fn in candidates]
     names = list(dict.fromkeys(matched))
+    if len(names) > 3:  # a module running many ops: the TFLite op says more than a long list
+        return None
     return "/".join(names) if names else None
 
 
