@@ -137,7 +137,7 @@ def artifact_scores(out: Path, m: dict[str, Any], test: tuple[np.ndarray, np.nda
     return scores
 
 
-def measure_setting(setting: str, tmp: Path, limit: int | None) -> dict[str, Any]:
+def measure_setting(setting: str, tmp: Path, limit: int | None, reuse: bool) -> dict[str, Any]:
     import yaml
 
     from edgeforge.config import load_config
@@ -148,7 +148,10 @@ def measure_setting(setting: str, tmp: Path, limit: int | None) -> dict[str, Any
 
     overrides, folder = SETTINGS[setting]
     out = ROOT.parent / folder
-    wall, m = run_build(out, overrides)
+    if reuse and (out / "manifest.json").is_file():
+        wall, m = 0.0, json.loads((out / "manifest.json").read_text())
+    else:
+        wall, m = run_build(out, overrides)
     lc = load_config(CONFIG, {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)})
     data = load_data(lc)
     cal = calibration_split(data, lc.calibration())
@@ -195,7 +198,8 @@ def print_table(results: dict[str, dict[str, Any]], total: float) -> None:
         print(f"\n### {setting} ({' '.join(r['overrides']) or 'the sample as shipped'})\n")
         print(f"teacher {t['top1'] * 100:.2f}% ({t['parameters']:,} parameters); float student "
               f"{f['top1'] * 100:.2f}% ({f['parameters']:,} parameters); QAT simulation {r['qat_sim'] * 100:.2f}%; "
-              f"edgeforge build {r['wall']:.0f} s (stages already in the build folder are reused)\n")
+              + (f"edgeforge build {r['wall']:.0f} s (stages already in the build folder are reused)\n" if r["wall"]
+                 else "the finished build folder was reused (--reuse)\n"))
         print("| int8 artifact (same float student, same calibration images) | " + " | ".join(cols) + " |")
         print("|---|" + "---|" * len(cols))
         for label, scores in r["rows"].items():
@@ -208,6 +212,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setting", action="append", choices=sorted(SETTINGS), help="default: all")
     ap.add_argument("--limit", type=int, default=None, help="score on the first N test images only (a quick look)")
+    ap.add_argument("--reuse", action="store_true", help="take a finished build folder as it is (no edgeforge build run)")
     ap.add_argument("--format", action="append", choices=sorted(FORMATS), help="int8 artifact formats to compare (default: all)")
     args = ap.parse_args()
     for col in [c for c, t in INT8_TARGETS.items() if args.format and t.split("-")[0] not in args.format]:
@@ -216,7 +221,7 @@ def main() -> None:
         sys.exit("error: samples/fashion_mnist/teacher.pt is missing: run `python samples/fashion_mnist/prepare.py` first")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {s: measure_setting(s, Path(tmp), args.limit) for s in (args.setting or SETTINGS)}
+        results = {s: measure_setting(s, Path(tmp), args.limit, args.reuse) for s in (args.setting or SETTINGS)}
     print_table(results, time.perf_counter() - t0)
 
 
