@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 from typing import Any, NoReturn
-
-import yaml
 
 from . import __version__
 from .errors import EdgeforgeError, format_error
+from .schema import load_yaml_text
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -20,7 +23,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise EdgeforgeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set gate.min_retention=0.995")
-        out[key] = yaml.safe_load(value)
+        out[key] = load_yaml_text(value, f"--set {key}")
     return out
 
 
@@ -159,6 +162,42 @@ def _config_arg(value: str) -> str:
 CONFIG_HELP = "the build's edgeforge.yaml (or the folder that holds it)"
 
 
+class Terminated(BaseException):
+    """SIGTERM: a BaseException like KeyboardInterrupt, so library code's ``except Exception`` lets it through."""
+
+
+@contextlib.contextmanager
+def _signals_stop_the_build() -> Iterator[list[int]]:
+    """SIGTERM unwinds like Ctrl-C (finally blocks release the lock and temp files); either ends with one line.
+
+    The list records the signals seen: a KeyboardInterrupt swallowed by third-party code (an
+    exporter's broad except) still ends the run as interrupted instead of carrying on to exit 0.
+    """
+    received: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _stopped_by(received: list[int]) -> int:
+    if signal.SIGTERM in received:
+        print("edgeforge: terminated (SIGTERM); finished stages are cached, run again to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    print("edgeforge: interrupted", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = _Parser(prog="edgeforge", description="Distil, quantize, export and gate models for edge targets.")
     ap.add_argument("--version", action="version", version=f"edgeforge {__version__}")
@@ -203,20 +242,26 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_third_party()
     verbose = args.verbose or os.environ.get("EDGEFORGE_VERBOSE") == "1"
-    try:
-        return int(args.func(args))
-    except EdgeforgeError as exc:
-        print(format_error(exc), file=sys.stderr)
-        return 1
-    except Exception as exc:  # not raised on purpose: a bug, or a third-party failure we did not map
-        if verbose:
-            traceback.print_exc()
-        print(format_error(exc) + ("" if verbose else " (run with --verbose for the traceback)"), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("edgeforge: interrupted", file=sys.stderr)
-        return 130
+    with _signals_stop_the_build() as received:
+        try:
+            code = int(args.func(args))
+        except (KeyboardInterrupt, Terminated):
+            code = 130
+        except Exception as exc:
+            code = 1
+            if not received:  # a stop that third-party code turned into an error is reported as the stop
+                _report(exc, verbose)
+        return _stopped_by(received) if received or code == 130 else code
 
+
+def _report(exc: Exception, verbose: bool) -> None:
+    if isinstance(exc, EdgeforgeError):
+        print(format_error(exc), file=sys.stderr)
+        return
+    # not raised on purpose: a bug, or a third-party failure we did not map
+    if verbose:
+        traceback.print_exc()
+    print(format_error(exc) + ("" if verbose else " (run with --verbose for the traceback)"), file=sys.stderr)
 
 if __name__ == "__main__":
     sys.exit(main())

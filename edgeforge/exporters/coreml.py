@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import os
 import shutil
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ from .base import EXPORTERS, ExportedArtifact, Exporter, converter_failed
 
 if TYPE_CHECKING:
     from ..config import ValidationConfig
+
+CONVERSION_DATE = "com.github.apple.coremltools.conversion_date"
 
 
 def fill_default_args(ep: Any) -> Any:
@@ -245,13 +248,44 @@ def _quiet_coremltools() -> Any:
         log.setLevel(level)
 
 
+def _make_reproducible(package: Path) -> None:
+    """Rewrite what ml.save randomises, so equal programs give equal bytes (a resumed build's digest).
+
+    coremltools 9 writes random item UUIDs into Manifest.json, serialises the metadata map in hash
+    order and stamps the conversion date: the same program hashed differently after a rerun.
+    """
+    from coremltools.proto import Model_pb2
+
+    manifest = package / "Manifest.json"
+    doc = json.loads(manifest.read_text(encoding="utf-8"))
+    items = doc.get("itemInfoEntries", {})
+    ids = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"edgeforge:{item.get('path')}")) for old, item in items.items()}
+    doc["itemInfoEntries"] = {ids[old]: item for old, item in items.items()}
+    root = doc.get("rootModelIdentifier")
+    doc["rootModelIdentifier"] = ids.get(root, root)
+    manifest.write_text(json.dumps(doc, indent=4, sort_keys=True) + "\n", encoding="utf-8")
+    spec_file = package / "Data" / items.get(root, {}).get("path", "com.apple.CoreML/model.mlmodel")
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_file.read_bytes())
+    meta = spec.description.metadata.userDefined
+    if CONVERSION_DATE in meta:
+        del meta[CONVERSION_DATE]
+    spec_file.write_bytes(spec.SerializeToString(deterministic=True))
+
+
 def _save_atomic(ml: Any, path: Path) -> None:
-    """Build the package in a sibling temp folder, then rename it into place (a package is a folder)."""
+    """Build the package in a sibling temp folder, then rename it into place (a package is a folder).
+
+    The temp folder is named .<name>.tmp-<pid> so the next build can remove it if this one is killed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
         built = staging / "model.mlpackage"
         ml.save(str(built))
+        _make_reproducible(built)
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -259,6 +293,5 @@ def _save_atomic(ml: Any, path: Path) -> None:
         os.replace(built, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
 
 EXPORTERS.add("coreml", CoremlExporter)
