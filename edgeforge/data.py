@@ -66,7 +66,7 @@ def _labels(source: str, name: str, y: np.ndarray, n: int) -> np.ndarray:
         raise DataError(f"{source}: labels must be integers (class indices), got {y.dtype}")
     if (labels < 0).any():
         raise DataError(f"{source}: split '{name}' has negative labels; labels are class indices 0..K-1")
-    if float(labels.max()) >= 2**31:  # before any cast: a huge float would wrap around
+    if float(labels.max()) >= 2**62:  # before the int64 cast: a huge float would wrap around
         raise DataError(f"{source}: split '{name}' has label {labels.max():.0f}; labels are class indices 0..K-1")
     return labels.astype(np.int64)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,22 @@ def _files(tmp: Path) -> dict[str, Path]:
     x3, y3 = make_patterns(64, 8, num_classes=3)
     np.savez(tmp / "three.npz", x=x3, y=y3)
     f["three_npz"] = tmp / "three.npz"
+    yh = y.copy()
+    yh[3] = 2**40
+    np.savez(tmp / "hugelab.npz", x=x, y=yh)
+    f["hugelab_npz"] = tmp / "hugelab.npz"
+    np.savez(tmp / "hugefloatlab.npz", x=x, y=np.where(np.arange(16) == 3, 1e30, y.astype(np.float64)))
+    f["hugefloatlab_npz"] = tmp / "hugefloatlab.npz"
+    xb = x.astype(np.float64)
+    xb[5, 0, 2, 2] = 1e30
+    np.savez(tmp / "bigpix.npz", x=xb, y=y)
+    f["bigpix_npz"] = tmp / "bigpix.npz"
+    np.savez(tmp / "strx.npz", x=np.full((16, 1, 8, 8), "a"), y=y)
+    f["strx_npz"] = tmp / "strx.npz"
+    np.savez(tmp / "complexx.npz", x=x.astype(np.complex64), y=y)
+    f["complexx_npz"] = tmp / "complexx.npz"
+    (tmp / "not_manifest.json").write_text('{"schema": "something-else/1", "targets": {}}')
+    f["not_manifest"] = tmp / "not_manifest.json"
     (tmp / "cal_unknown.yaml").write_text("samples: 8\nsplitt: train\n")
     f["cal_unknown"] = tmp / "cal_unknown.yaml"
     (tmp / "targets").mkdir()
@@ -80,7 +97,14 @@ def _files(tmp: Path) -> dict[str, Path]:
         "def not_module():\n    return 42\n"
         "def wide_student():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 9))\n"
         "def crashing_student():\n    return torch.nn.Linear(3, 4)\n"
-        "def bad_dataset(split):\n    return [1, 2, 3]\n")
+        "def bad_dataset(split):\n    return [1, 2, 3]\n"
+        "class NanTeacher(torch.nn.Module):\n"
+        "    def forward(self, x):\n        return torch.full((x.shape[0], 4), float('nan'))\n"
+        "def nan_teacher():\n    return NanTeacher()\n"
+        "class SqueezingTeacher(torch.nn.Module):\n"
+        "    def forward(self, x):\n        return x.flatten(1)[:, :4].squeeze()\n"
+        "def squeezing_teacher():\n    return SqueezingTeacher()\n"
+        "def teacher_with_width(width=24):\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))\n")
     return f
 
 
@@ -140,6 +164,32 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("target-name-mismatch", {"targets": ["renamed"]}, "name 'other-name' differs from the file name"),
     ("target-layout-unsupported", {"targets": ["onnx-nhwc"]}, "preflight failed for 1 target(s): target onnx-nhwc: the ONNX exporter writes NCHW"),
     ("target-format-unknown", {"targets": ["weird"]}, "weird.yaml: format"),
+    # labels, dtypes and value ranges, checked before anything is sized by them
+    ("huge-label-no-class-names", {"data.train": "@hugelab_npz"}, "data.train: label 1099511627776 but only 16 training samples"),
+    ("huge-label-with-class-names", {"data.train": "@hugelab_npz", "data.class_names": list("abcd")},
+     "data.class_names: 4 names for 1099511627777 classes"),
+    ("huge-float-label", {"data.val": "@hugefloatlab_npz"}, "has label 1000000000000000019884624838656"),
+    ("huge-pixel", {"data.test": "@bigpix_npz"}, "holds a value of 1e+30; inputs beyond +-65504"),
+    ("string-inputs", {"data.val": "@strx_npz"}, "inputs of split 'val' have dtype <U1; need real numbers"),
+    ("complex-inputs", {"data.val": "@complexx_npz"}, "have dtype complex64; need real numbers"),
+    ("teacher-nan-logits", {"teacher.factory": "factories:nan_teacher", "teacher.checkpoint": None},
+     "teacher: returns NaN or inf logits for a batch of 1 training inputs"),
+    ("teacher-fails-at-batch-1", {"teacher.factory": "factories:squeezing_teacher", "teacher.checkpoint": None},
+     "teacher: must return logits of shape [batch, classes], got (4,) for a batch of 1"),
+    # config values that used to fail only after training
+    ("seed-too-large", {"distill.seed": 2**40}, "distill.seed: Input should be less than or equal to 4294967295"),
+    ("seed-negative", {"qat.seed": -1}, "qat.seed"),
+    ("calibration-seed-too-large", {"data.calibration": {"seed": 2**64}}, "data.calibration"),
+    ("teacher-kwarg-unknown", {"teacher.kwargs": {"widht": 8}},
+     "teacher.kwargs: tiny_models:teacher does not take these arguments (got an unexpected keyword argument 'widht')"),
+    ("teacher-factory-kwarg-unknown", {"teacher.factory": "factories:teacher_with_width", "teacher.checkpoint": None,
+                                       "teacher.kwargs": {"depth": 3}}, "its parameters: width"),
+    ("student-kwarg-unknown", {"student.kwargs": {"dropout": 0.1}},
+     "student.kwargs: student family 'convnet' does not take these arguments"),
+    ("student-kwarg-reserved", {"student.kwargs": {"width": 4}}, "student.kwargs: width is set by edgeforge"),
+    ("baseline-missing", {"baseline": "/nonexistent/manifest.json"}, "baseline: /nonexistent/manifest.json not found"),
+    ("baseline-not-a-manifest", {"baseline": "@not_manifest"}, "is not an edgeforge manifest (schema 'something-else/1')"),
+    ("baseline-not-json", {"baseline": "@cal_unknown"}, "is not JSON"),
 ]
 
 
@@ -186,8 +236,13 @@ def test_bad_config(changes: dict[str, Any], expected: str, corpus, tiny_assets:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("name: [unclosed\n", "malformed YAML at line"), ("- a\n- b\n", "expected a mapping"), ("", "the file is empty"),
-     ("name: x\n\tbad: tab\n", "malformed YAML")],
-    ids=["unclosed", "top-level-list", "empty", "tab"],
+     ("name: x\n\tbad: tab\n", "malformed YAML"),
+     ("name: a\noutput: b\nname: c\n", "duplicate key 'name' at line 3 (first at line 1)"),
+     ("name: a\nteacher:\n  kwargs: &k {a: *k}\n", "teacher.kwargs.a: a YAML alias refers to itself"),
+     ("name: a\nteacher:\n  kwargs:\n" + "".join(
+         f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 10)}]\n" for i in range(7)),
+      "teacher.kwargs.l4: expands to more than 100,000 values")],
+    ids=["unclosed", "top-level-list", "empty", "tab", "duplicate-key", "self-alias", "alias-bomb"],
 )
 def test_malformed_files(text: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = tmp_path / "c.yaml"
@@ -198,6 +253,10 @@ def test_malformed_files(text: str, expected: str, tmp_path: Path, capsys: pytes
 def test_missing_config_and_bad_set(tmp_path: Path, make_config, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     _assert_one_line(*_run(["build", str(tmp_path / "none.yaml")], capsys), "none.yaml: file not found")
     _assert_one_line(*_run(["build", str(make_config()), "--set", "gate.min_retention"], capsys), "expected KEY=VALUE")
+    _assert_one_line(*_run(["build", str(make_config()), "--set", "teacher.kwargs=[1,"], capsys),
+                     "--set teacher.kwargs: malformed YAML at line 1")
+    _assert_one_line(*_run(["build", str(make_config()), "--set", "teacher.kwargs=&a [*a]"], capsys),
+                     "a YAML alias refers to itself")
 
 
 def test_output_not_writable(make_config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
@@ -261,3 +320,106 @@ def test_corpus_is_large() -> None:
     assert len(CASES) + 4 + 2 + 4 >= 40
     assert json.dumps([c[0] for c in CASES])  # ids are unique strings
     assert len({c[0] for c in CASES}) == len(CASES)
+
+
+class _CreatesFile:
+    """A pickle payload: unpickling it opens (creates) a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.path, "w"))
+
+
+def _pickled(obj: object) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _craft(clean: Path, dst: Path, how: str, victim: Path) -> Path:
+    """Rewrite one part of a real torch.export archive so that loading (or running) it creates ``victim``."""
+    import zipfile
+
+    extra: list[tuple[str, bytes]] = []
+    with zipfile.ZipFile(clean) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if how == "sample-inputs" and name.endswith("data/sample_inputs/model.pt"):
+                data = _pickled(_CreatesFile(str(victim)))
+            elif how == "pickled-weight" and name.endswith("model_weights_config.json"):
+                table = json.loads(data)
+                table["config"]["head.bias"].update(use_pickle=True, path_name="weight_x")
+                data = json.dumps(table).encode()
+                extra.append((name.replace("model_weights_config.json", "weight_x"), _pickled(_CreatesFile(str(victim)))))
+            elif how == "shape-expression" and name.endswith("models/model.json"):
+                sym = re.search(rb"Symbol\('s\d+', positive=True, integer=True\)", data)
+                assert sym, "the clean program has a dynamic batch"
+                data = data.replace(sym.group(0), f"__import__('os').system('touch {victim}')".encode(), 1)
+            elif how == "graph-target" and name.endswith("models/model.json"):
+                data = data.replace(b"torch.ops.aten.relu.default", b"torch.os.system", 1)
+            zout.writestr(name, data)
+        for name, data in extra:
+            zout.writestr(name, data)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def clean_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from torch.export import Dim
+
+    from tiny_models import TinyTeacher
+
+    path = tmp_path_factory.mktemp("program") / "teacher.pt2"
+    ep = torch.export.export(TinyTeacher().eval(), (torch.zeros(2, 1, 8, 8),),
+                             dynamic_shapes=({0: Dim("batch", min=1, max=1024)},))
+    torch.export.save(ep, str(path))
+    return path
+
+
+PAYLOADS = [("sample-inputs", "is not plain tensors"), ("pickled-weight", "is stored as a pickled object"),
+            ("shape-expression", "a shape expression is not plain arithmetic"),
+            ("graph-target", "the graph calls 'torch.os.system', which is not a torch operator")]
+
+
+@pytest.mark.parametrize(("how", "expected"), PAYLOADS, ids=[p[0] for p in PAYLOADS])
+def test_teacher_program_payload_never_runs(how: str, expected: str, clean_program: Path, tiny_assets: Path,
+                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    victim = tmp_path / "pwned"
+    crafted = _craft(clean_program, tmp_path / "teacher.pt2", how, victim)
+    cfg = tiny_config(tiny_assets, tmp_path / "out", **{"teacher.factory": None, "teacher.checkpoint": None,
+                                                        "teacher.program": str(crafted)})
+    path = tmp_path / "edgeforge.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, err = _run(["build", str(path)], capsys)
+    _assert_one_line(code, err, f"teacher.program: {crafted} was refused: ")
+    assert expected in err and "set teacher.trust_checkpoint: true only if you trust the file" in err
+    assert not victim.exists()
+
+
+@pytest.mark.parametrize("how", [p[0] for p in PAYLOADS])
+def test_tampered_carrier_is_refused_without_running(how: str, clean_program: Path, tmp_path: Path) -> None:
+    from edgeforge.models.program_file import UnsafeProgramError
+    from edgeforge.quant.qat import load_carrier
+
+    victim = tmp_path / "pwned"
+    crafted = _craft(clean_program, tmp_path / "student_qat.pt2", how, victim)
+    with pytest.raises(UnsafeProgramError):
+        load_carrier(str(crafted))
+    assert not victim.exists()
+
+
+def test_clean_program_loads_and_the_stock_loader_would_have_run_the_payload(clean_program: Path,
+                                                                           tmp_path: Path) -> None:
+    from edgeforge.models.program_file import load_program
+
+    x = torch.randn(3, 1, 8, 8)
+    assert load_program(clean_program).module()(x).shape == (3, 4)
+    victim = tmp_path / "pwned"
+    crafted = _craft(clean_program, tmp_path / "t.pt2", "sample-inputs", victim)
+    with pytest.raises(Exception):  # noqa: B017  torch fails after the payload ran
+        torch.export.load(str(crafted))
+    assert victim.exists(), "torch.export.load no longer unpickles sample inputs: re-check program_file's rules"

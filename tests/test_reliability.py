@@ -160,11 +160,12 @@ def test_sigterm_ends_a_real_build_with_one_line(make_config, tmp_path: Path) ->
 
 def test_coreml_package_is_byte_reproducible(tmp_path: Path) -> None:
     pytest.importorskip("coremltools")
+    from test_coreml import carrier_for, target
+
     from edgeforge.exporters import get_exporter
     from edgeforge.runtimes import get_runtime
     from edgeforge.validate import artifact_digest
 
-    from test_coreml import carrier_for, target
     from tiny_models import TinyTeacher
 
     torch.manual_seed(0)
