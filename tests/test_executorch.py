@@ -119,6 +119,7 @@ def test_delegation_summary_is_complete_for_an_xnnpack_model(int8: tuple[Any, An
     assert graph["delegates"] == {"XnnpackBackend": 1} and graph["kernel_calls"] == 0
 
 
+@pytest.mark.slow  # a third lowering; the default set stays at two
 def test_portable_backend_lists_every_op(setup: dict[str, Any], fp32: tuple[Any, Any, np.ndarray]) -> None:
     art, session, logits = _export_and_run(setup, _profile("et-portable", "fp32", backend="portable"))
     d = art.info["delegation"]
