@@ -307,3 +307,27 @@ def test_only_common_compares_the_shared_targets_and_lists_the_rest(tmp_path: Pa
     assert _run(capsys, "check", str(n), "--baseline", str(o))[0] == 2
     code, out, _ = _run(capsys, "check", str(n), "--baseline", str(o), "--only-common")
     assert code == 0 and "note not compared, not in this build: onnx-cpu-int8, iphone-15-pro-int8" in out
+
+
+@pytest.mark.slow
+def test_a_test_split_missing_a_class_writes_null_not_nan(tiny_assets: Path, tmp_path: Path) -> None:
+    """Per-class top-1 of a class absent from the test split is undefined: strict JSON gets null, never NaN."""
+    import numpy as np
+    from conftest import tiny_config, write_config
+
+    from edgeforge.pipeline import build
+
+    test = np.load(tiny_assets / "test.npz")
+    keep = test["y"] != 3
+    np.savez(tmp_path / "test.npz", x=test["x"][keep], y=test["y"][keep])
+    cfg = tiny_config(tiny_assets, tmp_path / "out", targets=["onnx-cpu-fp32"], **{"data.test": str(tmp_path / "test.npz"),
+                      "data.class_names": ["a", "b", "c", "d"], "distill.epochs": 2, "qat.epochs": 1})
+    build(write_config(tmp_path / "edgeforge.yaml", cfg), log=lambda _m: None)
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"bare {token} in manifest.json")
+
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text(), parse_constant=refuse)
+    assert m["models"]["teacher"]["per_class_top1"][3] is None
+    assert m["targets"][0]["metrics"]["per_class_top1"][3] is None
+    assert read_manifest(tmp_path / "out" / "manifest.json", "new")["name"] == "tiny"
