@@ -48,13 +48,13 @@ def _resolve(path: str, segments: list[str], known: set[str]) -> str:
     leaf = segments[0].rsplit(".", 1)[-1]  # "Hardsigmoid_gate": class, "_", attribute
     attrs = [leaf[i + 1:] for i, ch in enumerate(leaf) if ch == "_" and i > 0]
     below = [k for k in known if not path or k.startswith(path + ".")]
-    found = sorted({k for k in below for a in attrs if k == a or k.endswith("." + a)},
-                   key=lambda k: (k.count("."), len(k)))
-    best = path
-    for cand in found:
-        deeper = _resolve(cand, segments[1:], known)
-        if deeper.count(".") + (deeper != "") > best.count(".") + (best != ""):
-            best = deeper
+    best, depth = path, path.count(".") + (path != "")
+    # The first cut (the shortest class name) wins ties: "At_depthwise_conv" is at.depthwise_conv.
+    for attr in attrs:
+        for cand in sorted((k for k in below if k == attr or k.endswith("." + attr)), key=lambda k: k.count(".")):
+            deeper = _resolve(cand, segments[1:], known)
+            if deeper.count(".") + 1 > depth:
+                best, depth = deeper, deeper.count(".") + 1
     return best
 
 
