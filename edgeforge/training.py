@@ -92,6 +92,30 @@ class NonFiniteLoss(EdgeforgeError):
         self.last_good = last_good
 
 
+class _LossNotFinite(Exception):
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+
+def _one_epoch(train: Split, step_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+               optimizer: torch.optim.Optimizer, batch_size: int, g: torch.Generator,
+               progress: Progress) -> tuple[float, int]:
+    """One pass over the training split; returns (summed loss, samples)."""
+    total, count = 0.0, 0
+    n_batches = (len(train) + batch_size - 1) // batch_size
+    for i, idx in enumerate(batches(len(train), batch_size, g)):
+        progress.tick(i, n_batches)
+        loss = step_loss(idx, train.x[idx], train.y[idx])
+        if not torch.isfinite(loss):
+            raise _LossNotFinite(loss.item())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+        count += len(idx)
+    return total, count
+
+
 def fit(
     model: nn.Module,
     *,
@@ -121,7 +145,6 @@ def fit(
     seen = 0
     start = time.perf_counter()
     progress = Progress(stage, epochs, enabled=show_progress)
-    n_batches = (len(train) + batch_size - 1) // batch_size
     for epoch in range(epochs):
         t0 = time.perf_counter()
         factor = lr_factor(schedule, epoch, epochs, warmup)
@@ -130,22 +153,12 @@ def fit(
         if on_epoch_start:
             on_epoch_start(epoch)
         train_mode(model)
-        total, count = 0.0, 0
-        for i, idx in enumerate(batches(len(train), batch_size, g)):
-            progress.tick(i, n_batches)
-            x, y = train.x[idx], train.y[idx]
-            loss = step_loss(idx, x, y)
-            if not torch.isfinite(loss):
-                progress.close()
-                raise NonFiniteLoss(
-                    f"{stage}: the loss became {loss.item()} at epoch {epoch + 1}; lower {stage}.lr",
-                    result.best_state,
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
+        try:
+            total, count = _one_epoch(train, step_loss, optimizer, batch_size, g, progress)
+        except _LossNotFinite as exc:
+            progress.close()
+            raise NonFiniteLoss(f"{stage}: the loss became {exc.value} at epoch {epoch + 1}; lower {stage}.lr",
+                                result.best_state) from None
         seen += count
         eval_mode(model)
         acc = top1(predict(model, val.x), val.y)

@@ -313,9 +313,10 @@ def test_only_common_compares_the_shared_targets_and_lists_the_rest(tmp_path: Pa
 def test_a_test_split_missing_a_class_writes_null_not_nan(tiny_assets: Path, tmp_path: Path) -> None:
     """Per-class top-1 of a class absent from the test split is undefined: strict JSON gets null, never NaN."""
     import numpy as np
-    from conftest import tiny_config, write_config
 
     from edgeforge.pipeline import build
+
+    from conftest import tiny_config, write_config
 
     test = np.load(tiny_assets / "test.npz")
     keep = test["y"] != 3
