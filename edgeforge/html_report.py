@@ -191,6 +191,29 @@ def legend(items: list[tuple[str, str]]) -> str:
             + "</div>")
 
 
+def _ret(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _target_row(t: dict[str, Any]) -> str:
+    mt = t.get("metrics")
+    checks = t.get("checks", [])
+    gate_ok = bool(checks) and all(c["passed"] for c in checks)
+    gate = f"<span class='{'pass' if gate_ok else 'fail'}'>{'pass' if gate_ok else 'FAIL'}</span>"
+    head = f"<tr><td>{_e(t['name'])}</td><td>{_e(t['format'])}</td><td>{_e(t['precision'])}</td>"
+    if not mt:
+        return (f"{head}<td class=fail>{_e(t['status'])}: {_e(t.get('reason') or '')}</td><td colspan=6></td>"
+                f"<td>{gate}</td></tr>")
+    lat = mt.get("latency")
+    lat_s = (f"{_ms(lat['p50_ms'])} / {_ms(lat['p90_ms'])} / {_ms(lat['p99_ms'])} ms ({_e(lat['measured_on'])})" if lat
+             else f"<span class=skip>{_e(mt.get('latency_note') or 'not measured')}</span>")
+    return (f"{head}<td>{_e(t['status'])}</td><td>{_e(t.get('executor') or '')}</td>"
+            f"<td class=num>{mt['top1'] * 100:.2f}%</td><td class=num>{_ret(mt.get('retention'))}</td>"
+            f"<td class=num>{mt['drift_points']:+.2f} pt vs {_e(mt['reference'])}</td>"
+            f"<td class=num>{mt['size_bytes'] / 1024:.1f} KiB ({mt['compression_vs_teacher']:.0f}x)</td>"
+            f"<td>{lat_s}</td><td>{gate}</td></tr>")
+
+
 def render_html(m: dict[str, Any]) -> str:
     ok = m["exit_code"] == 0
     verdict = "PASS" if ok else ("FAIL (gate)" if m["exit_code"] == 2 else "FAIL (error)")
@@ -213,32 +236,16 @@ def render_html(m: dict[str, Any]) -> str:
                  f"<td class=num>{st['qat']['seconds']:.1f}</td></tr></table>")
     parts.append("<h2>Targets</h2><table><tr><th>target</th><th>format</th><th>precision</th><th>status</th><th>executor</th>"
                  "<th>top-1</th><th>retention</th><th>drift</th><th>size</th><th>latency p50 / p90 / p99</th><th>gate</th></tr>")
-    for t in targets:
-        mt = t.get("metrics")
-        checks = t.get("checks", [])
-        gate_ok = bool(checks) and all(c["passed"] for c in checks)
-        gate = f"<span class='{'pass' if gate_ok else 'fail'}'>{'pass' if gate_ok else 'FAIL'}</span>"
-        if not mt:
-            parts.append(f"<tr><td>{_e(t['name'])}</td><td>{_e(t['format'])}</td><td>{_e(t['precision'])}</td>"
-                         f"<td class=fail>{_e(t['status'])}: {_e(t.get('reason', ''))}</td><td colspan=6></td><td>{gate}</td></tr>")
-            continue
-        lat = mt.get("latency")
-        lat_s = (f"{_ms(lat['p50_ms'])} / {_ms(lat['p90_ms'])} / {_ms(lat['p99_ms'])} ms ({_e(lat['measured_on'])})" if lat
-                 else f"<span class=skip>{_e(mt.get('latency_note', 'not measured'))}</span>")
-        parts.append(f"<tr><td>{_e(t['name'])}</td><td>{_e(t['format'])}</td><td>{_e(t['precision'])}</td>"
-                     f"<td>{_e(t['status'])}</td><td>{_e(t.get('executor', ''))}</td>"
-                     f"<td class=num>{mt['top1'] * 100:.2f}%</td><td class=num>{mt['retention']:.4f}</td>"
-                     f"<td class=num>{mt['drift_points']:+.2f} pt vs {_e(mt['reference'])}</td>"
-                     f"<td class=num>{mt['size_bytes'] / 1024:.1f} KiB ({mt['compression_vs_teacher']:.0f}x)</td>"
-                     f"<td>{lat_s}</td><td>{gate}</td></tr>")
+    parts += [_target_row(t) for t in targets]
     parts.append("</table>")
     failures = m["gate"]["errors"] + m["gate"]["failures"]
     if failures:
         parts.append("<ul>" + "".join(f"<li class=fail>{_e(f)}</li>" for f in failures) + "</ul>")
     valid = [t for t in targets if t.get("metrics")]
-    size_pts = [(t["name"], t["metrics"]["size_bytes"] / 1024, t["metrics"]["retention"], palette[t["name"]]) for t in valid]
+    rated = [t for t in valid if t["metrics"].get("retention") is not None]
+    size_pts = [(t["name"], t["metrics"]["size_bytes"] / 1024, t["metrics"]["retention"], palette[t["name"]]) for t in rated]
     lat_pts = [(t["name"], t["metrics"]["latency"]["p50_ms"], t["metrics"]["retention"], palette[t["name"]])
-               for t in valid if (t["metrics"].get("latency") or {}).get("p50_ms") is not None]
+               for t in rated if (t["metrics"].get("latency") or {}).get("p50_ms") is not None]
     parts.append("<h2>Trade-offs</h2><div class=plots>")
     parts.append(f"<figure>{_scatter(size_pts, 'artifact size (KiB, log scale)', 'retention vs teacher', logx=True)}"
                  "<figcaption>Retention against size: up and to the left is better.</figcaption></figure>")
