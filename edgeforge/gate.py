@@ -32,16 +32,20 @@ def latency_check(lat: Latency | None, budget: float, note: str | None) -> Check
     return _le("latency_p90", lat.p90_ms, budget, f"p90 latency ({lat.measured_on})", " ms")
 
 
+def metric_label(metric: str) -> str:
+    return {"top1": "top-1", "top5": "top-5"}.get(metric, metric)
+
+
 def evaluate_gate(metrics: Metrics, gate: GateSpec, parity_atol: float | None) -> list[Check]:
     """Checks of one validated artifact against its effective gate."""
     checks: list[Check] = []
-    ref = metrics.reference
+    ref, metric = metrics.reference, metric_label(metrics.metric)
     if gate.min_retention is not None:
         retention = metrics.retention if metrics.retention is not None else float("nan")
-        checks.append(_ge("retention", retention, gate.min_retention, f"{metrics.metric} retention vs teacher"))
+        checks.append(_ge("retention", retention, gate.min_retention, f"{metric} retention vs teacher"))
     if gate.max_drift_points is not None:
         checks.append(_le("drift", abs(metrics.drift_points), gate.max_drift_points,
-                          f"|{metrics.metric} drift| vs {ref}", " pt"))
+                          f"|{metric} drift| vs {ref}", " pt"))
     if gate.min_agreement is not None:
         checks.append(_ge("agreement", metrics.agreement, gate.min_agreement, f"top-1 agreement with {ref}"))
     if parity_atol is not None:

@@ -68,7 +68,7 @@ def build(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | None
     t_start = time.perf_counter()
     lc, plan = _load(config, overrides, targets, all_targets)
     out_dir = lc.output_dir
-    _claim_output(out_dir, log)
+    _claim_output(out_dir, lc.root, log)
     from .lock import OutputLock
 
     try:
@@ -80,7 +80,7 @@ def build(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | None
                              fix="free space or set a different 'output' (finished stages stay cached)") from None
 
 
-def _claim_output(out_dir: Path, log: Log) -> None:
+def _claim_output(out_dir: Path, config_dir: Path, log: Log) -> None:
     import importlib
 
     try:  # the output-folder guard (outdir.py) lands separately
@@ -88,7 +88,7 @@ def _claim_output(out_dir: Path, log: Log) -> None:
     except ImportError:
         outdir = None
     if outdir is not None:
-        outdir.claim_output(out_dir)
+        outdir.claim_output(out_dir, config_dir=config_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".write-test-{os.getpid()}"

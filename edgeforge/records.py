@@ -16,8 +16,13 @@ SCHEMA_VERSION = "edgeforge.manifest/2"
 TargetStatus = Literal["validated", "unvalidated", "failed"]
 
 
+class Record:
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass
-class Latency:
+class Latency(Record):
     """Batch latency, on the host or on a device (``measured_on``: host, ssh:user@host, adb:SERIAL).
 
     Percentiles a device tool does not print are None; ``extra`` holds a runner's own figures
@@ -45,12 +50,9 @@ class Latency:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
-class Check:
+class Check(Record):
     """One gate check: its value, its limit and the verdict. ``skipped``: not measurable here."""
 
     name: str
@@ -59,9 +61,6 @@ class Check:
     limit: float | str | None
     message: str
     skipped: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -41,7 +41,7 @@ class ExportedArtifact:
 
 class Exporter(ABC):
     format: ClassVar[str]
-    precisions: ClassVar[tuple[str, ...]]
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
     suffix: ClassVar[str]
     extra: ClassVar[str]
     packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions the manifest records

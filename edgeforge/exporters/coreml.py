@@ -138,7 +138,6 @@ def _input_type(ct: Any, carrier: Carrier, target: TargetProfile, shape: tuple[i
 
 class CoremlExporter(Exporter):
     format = "coreml"
-    precisions = ("fp32", "fp16", "int8")
     suffix = ".mlpackage"
     extra = "coreml"
     packages = ("coremltools",)
@@ -148,93 +147,103 @@ class CoremlExporter(Exporter):
             return None  # compressed weights change the logits by design: judged by drift and agreement
         return super().parity_atol(target, validation)
 
+    def check_target(self, target: TargetProfile) -> None:
+        super().check_target(target)
+        opts = target.coreml
+        if target.input.batch == "dynamic":
+            raise ExportError("Core ML targets need a static batch (the Neural Engine runs only static shapes; a "
+                              "flexible shape falls back to CPU/GPU)", target=target.name, fix="set input.batch: 1")
+        if target.input.layout != "NCHW" or target.input.dtype != "float32":
+            raise ExportError("the Core ML exporter takes NCHW float32 models", target=target.name,
+                              fix="set input.layout: NCHW, input.dtype: float32 (use coreml.input_type: image for pixels)")
+        if target.precision == "int8" and opts.weights != "float":
+            raise ExportError(f"coreml.weights: {opts.weights} is for fp16/fp32 programs; precision int8 (W8A8) "
+                              "already stores int8 weights", target=target.name, fix="drop coreml.weights or use fp16")
+        if target.precision == "int8" and opts.minimum_deployment_target == "iOS16":
+            raise ExportError("W8A8 needs the iOS17 opset (activation quantize/dequantize ops)", target=target.name,
+                              fix="set coreml.minimum_deployment_target: iOS17 or later")
+
     def export(self, carrier: Carrier, target: TargetProfile, path: Path) -> ExportedArtifact:
         ct = require("coremltools", "coreml")
-        opts = target.coreml
         self.check_target(target)
-        if target.input.batch == "dynamic":
-            raise ExportError(f"target {target.name}: Core ML targets need a static batch (the Neural Engine runs "
-                              "only static shapes; a flexible shape falls back to CPU/GPU); set input.batch: 1")
-        if target.input.layout != "NCHW" or target.input.dtype != "float32":
-            raise ExportError(f"target {target.name}: the Core ML exporter takes NCHW float32 models; set "
-                              "input.layout: NCHW, input.dtype: float32 (use coreml.input_type: image for pixels)")
-        if target.precision == "int8" and opts.weights != "float":
-            raise ExportError(f"target {target.name}: coreml.weights: {opts.weights} is for fp16/fp32 programs; "
-                              "precision int8 (W8A8) already stores int8 weights: drop coreml.weights or use fp16")
-        if target.precision == "int8":
-            if carrier.quantized is None:
-                raise ExportError(f"target {target.name}: int8 needs the QAT carrier, which this build did not produce")
-            if opts.minimum_deployment_target == "iOS16":
-                raise ExportError(f"target {target.name}: W8A8 needs the iOS17 opset (activation quantize/dequantize "
-                                  "ops); set coreml.minimum_deployment_target: iOS17 or later")
-            model: torch.nn.Module = carrier.quantized
-        else:
-            model = carrier.float_model.eval()
-        # int8 runs its float segments in fp16, as the Neural Engine does; fp32 stays fp32 end to end.
-        fp32 = target.precision == "fp32"
+        if target.precision == "int8" and carrier.quantized is None:
+            raise ExportError("int8 needs the QAT carrier, which this build did not produce", target=target.name)
         shape = (int(target.input.batch), *carrier.input_shape)
-        deploy = getattr(ct.target, opts.minimum_deployment_target)
-        stage = "convert"
-        try:
-            ep = fill_default_args(torch.export.export(model, (torch.zeros(shape),)).run_decompositions({}))
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()), _quiet_coremltools():
-                warnings.simplefilter("ignore")
-                ml = ct.convert(
-                    ep, convert_to="mlprogram", minimum_deployment_target=deploy,
-                    inputs=[_input_type(ct, carrier, target, shape)],
-                    # float32 out whatever the compute precision: consumers get logits as float32.
-                    outputs=[ct.TensorType(name=opts.output_name, dtype=np.float32)],
-                    compute_precision=ct.precision.FLOAT32 if fp32 else ct.precision.FLOAT16,
-                    skip_model_load=True,
-                )
-                if opts.weights != "float":
-                    stage = f"compress ({opts.weights} weights)"
-                    ml = compress_weights(ml, opts.weights)
-        except ExportError:
-            raise
-        except Exception as exc:
-            raise converter_failed(f"coremltools ({stage})", exc, carrier, target) from None
-        spec = ml.get_spec()
-        ops = op_histogram(spec)
-        compression = None
-        if opts.weights != "float":
-            compressed = sum(ops.get(op, 0) for op in COMPRESSION_OPS)
-            if not compressed:
-                raise ExportError(f"target {target.name}: coreml.weights: {opts.weights} compressed nothing (no conv/"
-                                  f"linear weight has more than {WEIGHT_THRESHOLD} elements); use weights: float")
-            compression = {"weights": opts.weights, "method": WEIGHT_MODES[opts.weights],
-                           "weight_threshold": WEIGHT_THRESHOLD, "compressed_tensors": compressed,
-                           "tool": "coremltools.optimize.coreml"}
+        ml = _convert(ct, carrier, target, shape)
+        ops = op_histogram(ml.get_spec())
+        compression = _compression_record(ops, target)
         if target.precision == "int8" and not {"quantize", "dequantize"} <= set(ops):
-            raise ExportError(f"target {target.name}: the converted program has no quantize/dequantize ops; "
-                              "the QAT scales were lost")
-        ml.author = "edgeforge"
-        ml.version = __version__
-        ml.license = ""
-        ml.short_description = (f"{carrier.name}: {carrier.num_classes}-class classifier, {target.precision}"
-                                + ("" if compression is None else f", {opts.weights} weights")
-                                + f" (edgeforge target {target.name})")
-        ml.input_description[opts.input_name] = f"NCHW {shape}" + (" image" if opts.input_type == "image" else " float32")
-        ml.output_description[opts.output_name] = "logits (float32), one per class in class_labels"
-        ml.user_defined_metadata.update({
-            "class_labels": ",".join(carrier.class_names), "edgeforge.target": target.name,
-            "edgeforge.precision": target.precision, "edgeforge.model": carrier.name,
-            "edgeforge.weights": opts.weights,
-        })
+            raise ExportError("the converted program has no quantize/dequantize ops; the QAT scales were lost",
+                              target=target.name)
+        _describe(ml, carrier, target, shape, compression is not None)
         _save_atomic(ml, path)
-        fn = spec.mlProgram.functions["main"]
+        opts, spec = target.coreml, ml.get_spec()
         return ExportedArtifact(path, self.format, target.precision, {
             "ops": ops,
-            "opset": fn.opset,
+            "opset": spec.mlProgram.functions["main"].opset,
             "minimum_deployment_target": opts.minimum_deployment_target,
-            "compute_precision": "fp32" if fp32 else "fp16",
+            "compute_precision": "fp32" if target.precision == "fp32" else "fp16",
             "weight_compression": compression,
             "specification_version": spec.specificationVersion,
             "input": {"name": opts.input_name, "type": opts.input_type, "layout": "NCHW", "shape": list(shape)},
             "output": {"name": opts.output_name, "dtype": "float32"},
             "exporter": f"coremltools {ct.__version__} (torch.export {torch.__version__})",
         })
+
+
+def _convert(ct: Any, carrier: Carrier, target: TargetProfile, shape: tuple[int, ...]) -> Any:
+    opts = target.coreml
+    model: torch.nn.Module = carrier.quantized if target.precision == "int8" else carrier.float_model.eval()  # type: ignore[assignment]
+    # int8 runs its float segments in fp16, as the Neural Engine does; fp32 stays fp32 end to end.
+    precision = ct.precision.FLOAT32 if target.precision == "fp32" else ct.precision.FLOAT16
+    stage = "convert"
+    try:
+        ep = fill_default_args(torch.export.export(model, (torch.zeros(shape),)).run_decompositions({}))
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()), _quiet_coremltools():
+            warnings.simplefilter("ignore")
+            ml = ct.convert(
+                ep, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
+                inputs=[_input_type(ct, carrier, target, shape)],
+                # float32 out whatever the compute precision: consumers get logits as float32.
+                outputs=[ct.TensorType(name=opts.output_name, dtype=np.float32)],
+                compute_precision=precision, skip_model_load=True,
+            )
+            if opts.weights != "float":
+                stage = f"compress ({opts.weights} weights)"
+                ml = compress_weights(ml, opts.weights)
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise converter_failed(f"coremltools ({stage})", exc, carrier, target) from None
+    return ml
+
+
+def _compression_record(ops: dict[str, int], target: TargetProfile) -> dict[str, Any] | None:
+    weights = target.coreml.weights
+    if weights == "float":
+        return None
+    compressed = sum(ops.get(op, 0) for op in COMPRESSION_OPS)
+    if not compressed:
+        raise ExportError(f"coreml.weights: {weights} compressed nothing (no conv/linear weight has more than "
+                          f"{WEIGHT_THRESHOLD} elements)", target=target.name, fix="use weights: float")
+    return {"weights": weights, "method": WEIGHT_MODES[weights], "weight_threshold": WEIGHT_THRESHOLD,
+            "compressed_tensors": compressed, "tool": "coremltools.optimize.coreml"}
+
+
+def _describe(ml: Any, carrier: Carrier, target: TargetProfile, shape: tuple[int, ...], compressed: bool) -> None:
+    opts = target.coreml
+    ml.author = "edgeforge"
+    ml.version = __version__
+    ml.license = ""
+    ml.short_description = (f"{carrier.name}: {carrier.num_classes}-class classifier, {target.precision}"
+                            + (f", {opts.weights} weights" if compressed else "") + f" (edgeforge target {target.name})")
+    ml.input_description[opts.input_name] = f"NCHW {shape}" + (" image" if opts.input_type == "image" else " float32")
+    ml.output_description[opts.output_name] = "logits (float32), one per class in class_labels"
+    ml.user_defined_metadata.update({
+        "class_labels": ",".join(carrier.class_names), "edgeforge.target": target.name,
+        "edgeforge.precision": target.precision, "edgeforge.model": carrier.name, "edgeforge.weights": opts.weights,
+    })
 
 
 @contextlib.contextmanager

@@ -146,7 +146,6 @@ class _HalfCompute(torch.nn.Module):
 
 class OnnxExporter(Exporter):
     format = "onnx"
-    precisions = ("fp32", "fp16", "int8")
     suffix = ".onnx"
     extra = "onnx"
     packages = ("onnx", "onnxscript", "onnxruntime")

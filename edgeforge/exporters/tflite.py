@@ -301,7 +301,6 @@ def describe_float_ops(float_ops: list[Any], limit: int = 8) -> str:
 
 class TfliteExporter(Exporter):
     format = "tflite"
-    precisions = ("fp32", "fp16", "int8")
     suffix = ".tflite"
     extra = "tflite"
     packages = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer")
