@@ -137,52 +137,81 @@ def artifact_scores(out: Path, m: dict[str, Any], test: tuple[np.ndarray, np.nda
     return scores
 
 
+def float_student_file(out: Path) -> Path:
+    """The build's float student; while its QAT still runs, the finished distill stage's copy."""
+    if (out / "student_float.pt").is_file():
+        return out / "student_float.pt"
+    staged = sorted(out.glob("cache/distill-*/*.pt"), key=lambda p: p.stat().st_mtime)
+    if not staged:
+        sys.exit(f"error: {out} has no float student yet: build it first (or drop --reuse)")
+    return staged[-1]
+
+
 def measure_setting(setting: str, tmp: Path, limit: int | None, reuse: bool) -> dict[str, Any]:
     import yaml
 
     from edgeforge.config import load_config
     from edgeforge.data import calibration_split, load_data
     from edgeforge.models.loading import build_student
-    from edgeforge.runtimes import get_runtime
-    from edgeforge.targets import resolve
 
     overrides, folder = SETTINGS[setting]
     out = ROOT.parent / folder
-    if reuse and (out / "manifest.json").is_file():
-        wall, m = 0.0, json.loads((out / "manifest.json").read_text())
+    m: dict[str, Any] | None = None
+    wall = 0.0
+    if reuse:
+        if (out / "manifest.json").is_file():
+            m = json.loads((out / "manifest.json").read_text())
     else:
         wall, m = run_build(out, overrides)
     lc = load_config(CONFIG, {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)})
     data = load_data(lc)
     cal = calibration_split(data, lc.calibration())
     student = build_student(lc, data.input_shape[0], data.num_classes)
-    student.load_state_dict(torch.load(out / "student_float.pt", weights_only=True))
+    student.load_state_dict(torch.load(float_student_file(out), weights_only=True))
     student.eval()
     xt, yt = data.test.x.numpy(), data.test.y.numpy()
     test = (xt[:limit], yt[:limit]) if limit else (xt, yt)
-    rows: dict[str, dict[str, float | str]] = {"edgeforge QAT (the build's artifacts)": artifact_scores(out, m, test)}
+    rows: dict[str, dict[str, float | str]] = {}
+    if m is not None:
+        rows["edgeforge QAT (the build's artifacts)"] = artifact_scores(out, m, test)
+    rows.update(peer_rows(student, data, cal, tmp / setting, test))
+    with torch.no_grad():
+        float_top1 = float((student(data.test.x).argmax(1) == data.test.y).float().mean())
+    models = m["models"] if m else {}
+    return {"wall": wall, "rows": rows, "teacher": models.get("teacher"), "float_top1": float_top1,
+            "params": sum(p.numel() for p in student.parameters()),
+            "qat_sim": models.get("qat_simulation", {}).get("top1"), "overrides": overrides}
+
+
+def peer_rows(student: torch.nn.Module, data: Any, cal: Any, tmp: Path,
+              test: tuple[np.ndarray, np.ndarray]) -> dict[str, dict[str, float | str]]:
+    from edgeforge.carrier import Carrier
+    from edgeforge.exporters import get_exporter
+    from edgeforge.runtimes import get_runtime
+    from edgeforge.targets import resolve
+
     makers: dict[str, Callable[[], torch.fx.GraphModule]] = {
         "edgeforge PTQ, minmax ranges (qat.epochs 0)": lambda: ptq_carrier(student, data, cal, "minmax"),
         "edgeforge PTQ, histogram ranges (qat.epochs 0)": lambda: ptq_carrier(student, data, cal, "histogram"),
         "NNCF PTQ (quantize_pt2e), no bias correction": lambda: nncf_carrier(student, cal.x, False),
         "NNCF PTQ (quantize_pt2e) + fast bias correction": lambda: nncf_carrier(student, cal.x, True),
     }
+    rows: dict[str, dict[str, float | str]] = {}
     for label, make in makers.items():
-        where = tmp / setting / f"peer{len(rows)}"
-        rows[label] = export_and_score(make(), student, data, cal.x, where, test)
-    onnx_fp32 = out / {e["name"]: e for e in m["targets"]}["onnx-cpu-fp32"]["artifact"]["path"]
-    (onnx_t,) = resolve(["onnx-cpu-int8"])
-    ort_path = tmp / setting / "ort_ptq.onnx"
-    ort_ptq(onnx_fp32, cal.x.numpy(), ort_path)
-    rows["onnxruntime quantize_static"] = {"ONNX (onnxruntime)": top1(get_runtime("onnx").open(ort_path, onnx_t), test)}
-    (tfl_t,) = resolve(["tflite-cpu-int8"])
-    tfl_path = tmp / setting / "litert_ptq.tflite"
-    litert_ptq(student, cal.x, tfl_path)
-    tfl_nchw = tfl_t.model_copy(update={"input": tfl_t.input.model_copy(update={"layout": "NCHW"})})
-    rows["litert-torch PT2E PTQ"] = {"TFLite (LiteRT)": top1(get_runtime("tflite").open(tfl_path, tfl_nchw), test)}
-    models = m["models"]
-    return {"wall": wall, "rows": rows, "teacher": models["teacher"], "float": models["float_student"],
-            "qat_sim": models["qat_simulation"]["top1"], "overrides": overrides}
+        rows[label] = export_and_score(make(), student, data, cal.x, tmp / f"peer{len(rows)}", test)
+    if "ONNX (onnxruntime)" in INT8_TARGETS:
+        onnx_t, fp32_t = resolve(["onnx-cpu-int8", "onnx-cpu-fp32"])
+        carrier = Carrier(float_model=student, quantized=None, input_shape=data.input_shape,
+                          num_classes=data.num_classes, class_names=data.class_names, calibration=cal.x, name="bench")
+        fp32 = get_exporter("onnx").export(carrier, fp32_t, tmp / "fp32.onnx").path
+        ort_ptq(fp32, cal.x.numpy(), tmp / "ort_ptq.onnx")
+        rows["onnxruntime quantize_static"] = {"ONNX (onnxruntime)": top1(get_runtime("onnx").open(tmp / "ort_ptq.onnx", onnx_t), test)}
+    if "TFLite (LiteRT)" in INT8_TARGETS:
+        (tfl_t,) = resolve(["tflite-cpu-int8"])
+        litert_ptq(student, cal.x, tmp / "litert_ptq.tflite")
+        tfl_nchw = tfl_t.model_copy(update={"input": tfl_t.input.model_copy(update={"layout": "NCHW"})})
+        rows["litert-torch PT2E PTQ"] = {"TFLite (LiteRT)": top1(get_runtime("tflite").open(tmp / "litert_ptq.tflite", tfl_nchw), test)}
+    return rows
 
 
 def cell(score: float | str | None) -> str:
@@ -194,12 +223,13 @@ def cell(score: float | str | None) -> str:
 def print_table(results: dict[str, dict[str, Any]], total: float) -> None:
     cols = list(INT8_TARGETS)
     for setting, r in results.items():
-        t, f = r["teacher"], r["float"]
+        t, q = r["teacher"], r["qat_sim"]
         print(f"\n### {setting} ({' '.join(r['overrides']) or 'the sample as shipped'})\n")
-        print(f"teacher {t['top1'] * 100:.2f}% ({t['parameters']:,} parameters); float student "
-              f"{f['top1'] * 100:.2f}% ({f['parameters']:,} parameters); QAT simulation {r['qat_sim'] * 100:.2f}%; "
+        print((f"teacher {t['top1'] * 100:.2f}% ({t['parameters']:,} parameters); " if t else "")
+              + f"float student {r['float_top1'] * 100:.2f}% ({r['params']:,} parameters); "
+              + (f"QAT simulation {q * 100:.2f}%; " if q is not None else "QAT not finished (no manifest yet); ")
               + (f"edgeforge build {r['wall']:.0f} s (stages already in the build folder are reused)\n" if r["wall"]
-                 else "the finished build folder was reused (--reuse)\n"))
+                 else "build folder reused as it is (--reuse)\n"))
         print("| int8 artifact (same float student, same calibration images) | " + " | ".join(cols) + " |")
         print("|---|" + "---|" * len(cols))
         for label, scores in r["rows"].items():
