@@ -423,3 +423,28 @@ def test_clean_program_loads_and_the_stock_loader_would_have_run_the_payload(cle
     with pytest.raises(Exception):  # noqa: B017  torch fails after the payload ran
         torch.export.load(str(crafted))
     assert victim.exists(), "torch.export.load no longer unpickles sample inputs: re-check program_file's rules"
+
+
+@pytest.mark.parametrize("where", ["user-folder", "root", "home", "config-folder", "planted-lock-link"])
+def test_output_folder_is_protected(where: str, make_config, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeforge.outdir import MARKER
+
+    (tmp_path / "mine").mkdir()
+    victim = tmp_path / "mine" / "notes.txt"
+    victim.write_text("keep me")
+    out = {"user-folder": tmp_path / "mine", "root": Path("/"), "home": Path.home(), "config-folder": tmp_path,
+           "planted-lock-link": tmp_path / "out"}[where]
+    if where == "planted-lock-link":
+        out.mkdir()
+        (out / MARKER).write_text("")
+        (out / ".edgeforge.lock").symlink_to(victim)
+    cfg = make_config(output=str(out))
+    before = sorted(p.name for p in out.iterdir())
+    code, err = _run(["build", str(cfg)], capsys)
+    expected = {"user-folder": "already holds files edgeforge did not write (notes.txt)", "root": "is the root folder",
+                "home": "is your home folder", "config-folder": "is the config's own folder",
+                "planted-lock-link": ".edgeforge.lock is a symbolic link; remove it"}[where]
+    _assert_one_line(code, err, expected)
+    assert victim.read_text() == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == before
