@@ -15,8 +15,10 @@ One row per op family. ``how`` picks the annotation in ``quantizer.py``:
 - ``embedding``: int8 per-tensor table; the gathered rows share its parameters;
 - ``decomposed``: rewritten before annotation into ops above so every part gets an int8 kernel.
 
-``kernels`` says what each format runs for the family (checked by tests/test_op_coverage.py for
-ONNX, TFLite and Core ML; ExecuTorch per XNNPACK's quantized operator list). "float" means the
+``kernels`` says what each format runs for the family: TFLite as read from the converted files
+(tests/test_op_coverage.py asserts it), onnxruntime from its optimised graph, Core ML from the
+program (its runtime's int8 use cannot be observed on Linux), ExecuTorch from XNNPACK's quantized
+operator list where marked unverified. "float" means the
 format dequantizes, computes in float and requantizes: still correct to the carrier, but a float
 island on an int8-only accelerator.
 """
@@ -45,45 +47,48 @@ def _k(onnx: str, tflite: str, coreml: str, executorch: str) -> dict[str, str]:
 
 _CM_INT8 = "conv/linear/matmul with int8 weights (constexpr_affine_dequantize); int8-int8 compute on A17/M4 ANE"
 _CM_FP16 = "fp16 between dequantize/quantize (Core ML quantizes activations at op boundaries only)"
+# onnxruntime 1.32 (CPU EP) fuses only some QDQ patterns into int8 kernels (QLinearConv, QGemm,
+# QLinearSigmoid seen); the rest run in float between DequantizeLinear and QuantizeLinear.
+_ORT_FLOAT = "float between DequantizeLinear/QuantizeLinear"
 
 FAMILIES: tuple[OpFamily, ...] = (
     OpFamily("conv (incl. depthwise, grouped)", (aten.conv1d.default, aten.conv2d.default), "weighted",
-             _k("QLinearConv", "CONV_2D / DEPTHWISE_CONV_2D int8", _CM_INT8, "XNNPACK qs8 conv (per-channel)")),
+             _k("QLinearConv (fused by onnxruntime)", "CONV_2D / DEPTHWISE_CONV_2D int8", _CM_INT8, "XNNPACK qs8 conv")),
     OpFamily("linear", (aten.linear.default,), "weighted",
-             _k("QGemm / QLinearMatMul", "FULLY_CONNECTED int8", _CM_INT8, "XNNPACK qs8 fully-connected")),
+             _k("QGemm (2-D); float MatMul between Q/DQ (3-D)", "FULLY_CONNECTED int8", _CM_INT8, "XNNPACK qs8 fully-connected")),
     OpFamily("add / SE multiply (x * gate)", (aten.add.Tensor, aten.add_.Tensor, aten.mul.Tensor, aten.mul_.Tensor),
-             "binary", _k("QLinearAdd / QLinearMul", "ADD / MUL int8", _CM_FP16, "XNNPACK qs8 add / multiply")),
+             "binary", _k(_ORT_FLOAT, "ADD / MUL int8", _CM_FP16, "XNNPACK qs8 add / multiply")),
     OpFamily("relu / relu6 / clamp / hardtanh", (aten.relu.default, aten.relu_.default, aten.relu6.default,
              aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default), "own",
-             _k("fused into the producer's QLinear op, else float Clip/Relu", "fused activation, or RELU / RELU6 / "
-                "RELU_N1_TO_1 int8", _CM_FP16, "XNNPACK fused clamp")),
+             _k("folded into the producer's QLinear op or the Q range, else float Clip", "fused activation, or RELU / "
+                "RELU6 / RELU_N1_TO_1 int8", _CM_FP16, "XNNPACK fused clamp")),
     OpFamily("hardswish", (aten.hardswish.default, aten.hardswish_.default), "own",
-             _k("float HardSwish", "HARD_SWISH int8", _CM_FP16, "XNNPACK qs8 hardswish")),
+             _k(_ORT_FLOAT, "HARD_SWISH int8", _CM_FP16, "XNNPACK qs8 hardswish (unverified)")),
     OpFamily("hardsigmoid", (aten.hardsigmoid.default, aten.hardsigmoid_.default), "decomposed",
-             _k("QLinearAdd + Clip + QLinearMul", "ADD (fused RELU6) + MUL int8", _CM_FP16,
+             _k(_ORT_FLOAT + " (onnxruntime re-fuses it to HardSigmoid)", "ADD (fused RELU6) + MUL int8", _CM_FP16,
                 "XNNPACK qs8 add + clamp + multiply")),
     OpFamily("sigmoid", (aten.sigmoid.default, aten.sigmoid_.default), "fixed",
-             _k("QLinearSigmoid", "LOGISTIC int8", _CM_FP16, "XNNPACK qs8 sigmoid")),
+             _k("QLinearSigmoid (fused by onnxruntime)", "LOGISTIC int8", _CM_FP16, "XNNPACK qs8 sigmoid")),
     OpFamily("silu", (aten.silu.default, aten.silu_.default), "decomposed",
-             _k("QLinearSigmoid + QLinearMul", "LOGISTIC + MUL int8", _CM_FP16, "XNNPACK qs8 sigmoid + multiply")),
+             _k("QLinearSigmoid + float Mul", "LOGISTIC + MUL int8", _CM_FP16, "XNNPACK qs8 sigmoid + multiply")),
     OpFamily("gelu", (aten.gelu.default,), "own",
-             _k("float Gelu", "GELU int8 (lookup table)", _CM_FP16, "float (no qs8 GELU in XNNPACK)")),
+             _k(_ORT_FLOAT, "GELU int8 (lookup table)", _CM_FP16, "float (no qs8 GELU in XNNPACK)")),
     OpFamily("softmax", (aten.softmax.int, aten._softmax.default), "fixed",
-             _k("QLinearSoftmax", "SOFTMAX int8", _CM_FP16, "float (XNNPACK softmax is fp32)")),
+             _k(_ORT_FLOAT, "SOFTMAX int8", _CM_FP16, "float (XNNPACK softmax is fp32)")),
     OpFamily("layer norm", (aten.layer_norm.default,), "own",
-             _k("float LayerNormalization", "float: no int8 layer-norm builtin (MEAN/SUB/RSQRT... island)",
+             _k(_ORT_FLOAT, "float: no int8 layer-norm builtin (litert-torch lowers it to a float island)",
                 _CM_FP16, "float (no qs8 layer norm in XNNPACK)")),
     OpFamily("matmul / bmm", (aten.matmul.default, aten.bmm.default), "matmul",
-             _k("QLinearMatMul", "BATCH_MATMUL int8", _CM_INT8, "XNNPACK qs8 batch matmul")),
+             _k(_ORT_FLOAT, "BATCH_MATMUL int8", _CM_FP16, "XNNPACK qs8 batch matmul (unverified)")),
     OpFamily("global pooling (adaptive avg pool, mean)", (aten.adaptive_avg_pool2d.default, aten.mean.dim,
              aten.avg_pool2d.default), "own",
-             _k("QLinearGlobalAveragePool / QLinearAveragePool", "MEAN / AVERAGE_POOL_2D int8", _CM_FP16,
+             _k(_ORT_FLOAT, "MEAN / AVERAGE_POOL_2D int8 (one SE mean stayed float, see FACTS)", _CM_FP16,
                 "XNNPACK qs8 global average pooling")),
     OpFamily("concat", (aten.cat.default, aten.concat.default), "concat",
-             _k("QLinearConcat", "CONCATENATION int8", _CM_FP16, "XNNPACK qs8 concatenate")),
+             _k(_ORT_FLOAT, "CONCATENATION int8", _CM_FP16, "XNNPACK qs8 concatenate")),
     OpFamily("upsample / interpolate", (aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default,
              aten.upsample_bilinear2d.vec, aten.upsample_bilinear2d.default), "same",
-             _k("int8 Resize", "RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR int8", _CM_FP16,
+             _k(_ORT_FLOAT, "RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR int8", _CM_FP16,
                 "XNNPACK resize bilinear (qs8); nearest float")),
     OpFamily("max pool, reshapes, dropout", (aten.max_pool2d.default, aten.flatten.using_ints, aten.view.default,
              aten.reshape.default, aten.dropout.default, aten.permute.default, aten.transpose.int,
