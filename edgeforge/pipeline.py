@@ -81,24 +81,17 @@ def build(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | None
 
 
 def _claim_output(out_dir: Path, config_dir: Path, log: Log) -> None:
-    import importlib
+    from .outdir import claim_output, clean_stale_temps
 
-    try:  # the output-folder guard (outdir.py) lands separately
-        outdir: Any = importlib.import_module(".outdir", __package__)
-    except ImportError:
-        outdir = None
-    if outdir is not None:
-        outdir.claim_output(out_dir, config_dir=config_dir)
+    claim_output(out_dir, config_dir=config_dir)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
         raise EdgeforgeError(f"output: cannot write to {out_dir} ({exc.strerror})",
                              fix="set 'output' to a writable folder") from None
-    if outdir is not None:
-        outdir.clean_stale_temps(out_dir, log)
+    clean_stale_temps(out_dir, log)
 
 
 def model_stages(plan: Plan, log: Log) -> list[Stage[Any]]:
@@ -162,10 +155,8 @@ def _run_target(engine: Engine, plan: Plan, target: TargetProfile, stages: list[
 
 
 def _prune_stale(out_dir: Path, keep: set[str], log: Log) -> None:
-    try:
-        from .stale import prune_stale_targets
-    except ImportError:  # pragma: no cover - lands separately
-        return
+    from .stale import prune_stale_targets
+
     prune_stale_targets(out_dir, keep, log)
 
 

@@ -188,6 +188,8 @@ class CoremlExporter(Exporter):
             "input": {"name": opts.input_name, "type": opts.input_type, "layout": "NCHW", "shape": list(shape)},
             "output": {"name": opts.output_name, "dtype": "float32"},
             "exporter": f"coremltools {ct.__version__} (torch.export {torch.__version__})",
+            "package": "byte-reproducible (item ids from paths, sorted metadata, no conversion date); "
+                       "digest over sorted relative paths and file contents",
         })
 
 
