@@ -21,7 +21,7 @@ from torch import nn
 from .carrier import Carrier
 from .config import CalibrationConfig, LoadedConfig
 from .data import DataBundle, Split, calibration_split, load_data
-from .errors import EdgeforgeError
+from .errors import ConfigError, EdgeforgeError
 from .exporters import exporter_class
 from .factories import add_search_paths
 from .fingerprint import code_digest
@@ -101,11 +101,25 @@ def resolve_targets(lc: LoadedConfig, names: list[str] | None) -> tuple[tuple[Ta
     for t in targets:
         try:
             exporter_class(t.format)().check_target(t)
+            _check_runner(t)
         except EdgeforgeError as exc:
             if exc.target is None:
                 raise EdgeforgeError(str(exc), target=t.name) from None
             raise
     return targets, {t.name: t.gate.over(build_gate) for t in targets}
+
+
+def _check_runner(t: TargetProfile) -> None:
+    """A profile that measures latency on a device needs a runtime with a runner for that transport."""
+    where = t.latency.measured_on
+    if where == "host":
+        return
+    from .runtimes import get_runtime
+
+    rt = get_runtime(t.format, t.runtime.engine)
+    if (where == "ssh" and not rt.ssh_bench) or (where == "adb" and not rt.adb_bench):
+        raise ConfigError(f"latency.measured_on: {where} has no runner for {t.format} artifacts ({rt.name})",
+                          target=t.name, fix="measure on the host or pick a format whose runtime benchmarks there")
 
 
 def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:

@@ -161,13 +161,6 @@ class TargetProfile(Strict):
                                   fix=f"fix the '{self.format}:' section of the profile") from None
         return self._options[model]  # type: ignore[no-any-return,unused-ignore]
 
-    @model_validator(mode="after")
-    def _runner_fits_format(self) -> TargetProfile:
-        if self.latency.measured_on == "adb" and self.format != "tflite":
-            raise ValueError("latency.measured_on: adb runs TFLite's benchmark_model; use it with format: tflite")
-        if self.latency.measured_on == "ssh" and self.format == "coreml":
-            raise ValueError("latency.measured_on: ssh measures onnx or tflite artifacts; Core ML needs macOS")
-        return self
 
 
 def builtin_target_dir() -> Path:

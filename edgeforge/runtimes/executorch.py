@@ -116,6 +116,7 @@ class ExecutorchRuntime(Runtime):
     module = "executorch"
     package = "executorch"
     ssh_bench = "executorch"
+    adb_bench = True  # measure_on_device runs ExecuTorch's executor_runner over adb
 
     def unavailable_reason(self) -> str | None:
         missing = super().unavailable_reason()
