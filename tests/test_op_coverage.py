@@ -212,8 +212,9 @@ def _litert_branches(path: Path, x: np.ndarray, model: nn.Module, shapes: dict[s
             d = details[last[op]]
             scale, zp = d["quantization"]
             q = it.get_tensor(last[op]).astype(np.float32)
-            rows = q.shape[1:] if q.shape[0] == BATCH else shapes[op]
-            outs[op].append(((q - zp) * scale).reshape(BATCH, *rows))
+            want = shapes[op]
+            nhwc = len(want) == 3 and q.shape[1:] == (*want[1:], *want[:1])
+            outs[op].append(((q - zp) * scale).reshape(BATCH, *(q.shape[1:] if nhwc else want)))
     return {op: np.concatenate(v) for op, v in outs.items()}
 
 
