@@ -282,8 +282,18 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], dict
 # off here (exact with that transformer disabled; exact on VNNI CPUs), not a defect of the carrier.
 _ORT_U8S8 = pytest.mark.xfail(reason="onnxruntime AVX2 u8s8 saturation (QDQS8ToU8Transformer); see comment",
                               strict=False)
-CASES = [pytest.param(m, op, fmt, marks=[_ORT_U8S8] if fmt == "onnx" and op in ("se_multiply", "linear") else [])
-         for m, op in OPS for fmt in FORMATS]
+
+
+def _marks(fmt: str, op: str) -> list[Any]:
+    marks = [getattr(pytest.mark, fmt)]
+    if fmt == "onnx" and op in ("se_multiply", "linear"):
+        marks.append(_ORT_U8S8)
+    if fmt == "executorch":  # its XNNPACK lowering takes ~50 s for these two models: kept out of the quick run
+        marks.append(pytest.mark.slow)
+    return marks
+
+
+CASES = [pytest.param(m, op, fmt, marks=_marks(fmt, op)) for m, op in OPS for fmt in FORMATS]
 
 
 @pytest.mark.parametrize("model_name,op,fmt", CASES)
@@ -321,6 +331,7 @@ TFLITE_KERNELS = {
 FLOAT_IN_TFLITE = {"layer_norm"}  # no int8 layer-norm builtin: litert-torch lowers it to a float island
 
 
+@pytest.mark.tflite
 @pytest.mark.parametrize("model_name", list(MODELS))
 def test_tflite_runs_each_family_on_an_int8_kernel_and_names_float_ops(built: Any, model_name: str) -> None:
     r = built(model_name, "tflite")
