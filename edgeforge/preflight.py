@@ -46,13 +46,11 @@ class TargetCheck:
 
 
 def _cannot_convert(target: TargetProfile, exc: BaseException) -> str:
-    op = exc.op if isinstance(exc, EdgeforgeError) else None
-    what = unexpected(exc)
     prefix = f"target {target.name}: "
-    what = what.removeprefix(prefix)
-    if op:
-        return f"{prefix}the {target.format} converter cannot take op {op} ({what}); replace that op in the student or drop the target"
-    return f"{prefix}cannot convert: {what}"
+    if isinstance(exc, EdgeforgeError) and exc.op:
+        return (f"{prefix}the {target.format} converter cannot take op {exc.op} ({exc.message}); "
+                "replace that op in the student or drop the target")
+    return f"{prefix}cannot convert: {unexpected(exc).removeprefix(prefix)}"
 
 
 def untrained_carrier(plan: Plan) -> Carrier:

@@ -46,8 +46,8 @@ def test_unsupported_op_fails_preflight_fast_before_training(make_config, tmp_pa
     assert code == 1 and len(lines) == 1, err[-2000:]
     line = lines[0]
     assert "preflight failed for 1 target(s)" in line
-    assert "target tflite-cpu-int8: the tflite converter cannot take op aten._linalg_det" in line
-    assert "replace that op in the student or drop the target" in line
+    assert "target tflite-cpu-int8: the tflite converter cannot take op aten." in line and "linalg_det" in line
+    assert line.count("replace that op in the student or drop the target") == 1
     assert elapsed < 60
     assert not list((tmp_path / "out" / "cache").glob("distill-*")), "no training may start after a failed preflight"
     # the ONNX target alone passes preflight (ONNX has Det), through the preflight command
@@ -64,7 +64,9 @@ def test_dynamic_batch_where_the_target_needs_static(make_config, tmp_path: Path
     cfg = make_config(targets=["ne-dynamic"], target_dirs=[str(profiles)])
     assert main(["preflight", str(cfg)]) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("edgeforge: error: preflight failed") and "ne-dynamic" in line and "batch" in line
+    # the profile is checked against its format in the plan, before preflight exports anything
+    assert line.startswith("edgeforge: error: target ne-dynamic: Core ML targets need a static batch"), line
+    assert "set input.batch: 1" in line
 
 
 def test_all_targets_matrix(make_config, tiny_assets: Path) -> None:  # type: ignore[no-untyped-def]

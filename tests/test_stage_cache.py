@@ -35,7 +35,7 @@ def build():
 
 
 def _stages(m: dict[str, Any]) -> dict[str, bool]:
-    runs = {s["name"]: s["cached"] for t in m["targets"] for s in t["stages"]}
+    runs = {s["name"]: s["cached"] for t in m["targets"] for s in t["stages"] if not s["name"].startswith("gate:")}
     return {**{k: v["cached"] for k, v in m["stages"].items()}, **runs}
 
 
