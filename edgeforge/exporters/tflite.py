@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import logging
 import operator
 import os
 import sys
@@ -209,6 +208,25 @@ def _names(cls: Any) -> dict[int, str]:
     return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
 
 
+def _io(sg: Any, idx: list[int], sigs: list[Any], tname: Any) -> list[dict[str, Any]]:
+    """Name, shape, dtype, scale and zero-point of the graph's input or output tensors."""
+    out = []
+    for i in idx:
+        t = sg.tensors[i]
+        q = t.quantization
+        scale = [float(v) for v in (q.scale if q is not None and q.scale is not None else [])]
+        zp = [int(v) for v in (q.zeroPoint if q is not None and q.zeroPoint is not None else [])]
+        sig_name = next((tm.name for tm in sigs if tm.tensorIndex == i), t.name)
+        out.append({
+            "name": sig_name.decode() if isinstance(sig_name, bytes) else sig_name,
+            "shape": [int(v) for v in (t.shapeSignature if t.shapeSignature is not None else t.shape)],
+            "dtype": tname(i),
+            "scale": scale[0] if len(scale) == 1 else None,
+            "zero_point": zp[0] if len(zp) == 1 else None,
+        })
+    return out
+
+
 def describe(data: bytes) -> dict[str, Any]:
     """Builtin ops with their tensor types, I/O dtypes / scales / zero-points, float ops left over."""
     s = _schema()
@@ -249,34 +267,15 @@ def describe(data: bytes) -> dict[str, Any]:
                 "op": name, "index": k, "dtype": tname(op.outputs[0]) if len(op.outputs) else "-",
                 "tensor": out_name.decode() if isinstance(out_name, bytes) else str(out_name or "")})
 
-    def io(idx: list[int], sigs: list[Any]) -> list[dict[str, Any]]:
-        out = []
-        for i in idx:
-            t = sg.tensors[i]
-            q = t.quantization
-            scale = [float(v) for v in (q.scale if q is not None and q.scale is not None else [])]
-            zp = [int(v) for v in (q.zeroPoint if q is not None and q.zeroPoint is not None else [])]
-            sig_name = next((tm.name for tm in sigs if tm.tensorIndex == i), t.name)
-            out.append({
-                "name": sig_name.decode() if isinstance(sig_name, bytes) else sig_name,
-                "shape": [int(v) for v in (t.shapeSignature if t.shapeSignature is not None else t.shape)],
-                "dtype": tname(i),
-                "scale": scale[0] if len(scale) == 1 else None,
-                "zero_point": zp[0] if len(zp) == 1 else None,
-            })
-        return out
-
     signature = model.signatureDefs[0] if model.signatureDefs else None
     weight_types: dict[str, int] = {}
-    for op in sg.operators:
-        for i in op.inputs:
-            if i in const:
-                weight_types[tname(i)] = weight_types.get(tname(i), 0) + 1
+    for i in (i for op in sg.operators for i in op.inputs if i in const):
+        weight_types[tname(i)] = weight_types.get(tname(i), 0) + 1
     return {
         "ops": dict(sorted(ops.items())),
         "constant_tensor_types": dict(sorted(weight_types.items())),
-        "inputs": io(list(sg.inputs), list(signature.inputs or []) if signature else []),
-        "outputs": io(list(sg.outputs), list(signature.outputs or []) if signature else []),
+        "inputs": _io(sg, list(sg.inputs), list(signature.inputs or []) if signature else [], tname),
+        "outputs": _io(sg, list(sg.outputs), list(signature.outputs or []) if signature else [], tname),
         "io_converters": io_converters,
         "float_ops": float_ops,
         "float_edges": float_edges,
@@ -334,47 +333,7 @@ class TfliteExporter(Exporter):
         with _quiet():  # importing litert-torch logs from C++ (absl, oneDNN) straight to fd 2
             litert_torch = require("litert_torch", "tflite")
             require("ai_edge_litert", "tflite")
-        if target.precision == "int8":
-            if carrier.quantized is None:
-                raise ExportError(f"target {target.name}: int8 needs the QAT carrier, which this build did not produce")
-            with _quiet():
-                model: torch.nn.Module = unfold_quantized_weights(carrier.quantized)
-        else:
-            model = copy.deepcopy(carrier.float_model)
-        _set_eval(model)
-
-        nhwc = target.input.layout == "NHWC"
-        batch = target.input.batch
-        n = 2 if batch == "dynamic" else int(batch)
-        example = carrier.example(n)
-        if nhwc:
-            model = litert_torch.to_channel_last_io(model, args=[0])
-            example = example.permute(0, 2, 3, 1).contiguous()
-        kwargs: dict[str, Any] = {}
-        if batch == "dynamic":
-            spec = {0: torch.export.Dim("batch", min=1, max=1 << 16)}
-            # to_channel_last_io's wrapper takes *args: its spec is nested one level deeper.
-            kwargs["dynamic_shapes"] = ((spec,),) if nhwc else (spec,)
-        if target.precision == "int8":
-            from litert_torch.quantize import pt2e_quantizer as pq
-            from litert_torch.quantize.quant_config import QuantConfig
-
-            # litert-torch reads only `global_config.is_dynamic` from this object (static QDQ
-            # lowering); the quantize/dequantize ops and scales all come from our carrier.
-            flag = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
-            kwargs["quant_config"] = QuantConfig(pt2e_quantizer=flag)
-
-        try:
-            with _quiet():
-                data = litert_torch.convert(model, (example,), **kwargs).model_content()
-        except Exception as exc:
-            if batch == "dynamic":
-                raise ExportError(
-                    f"target {target.name}: litert-torch could not convert with a dynamic batch ({_first_line(exc)}); "
-                    "set input.batch to a fixed size (e.g. 1) in the profile"
-                ) from None
-            raise converter_failed("litert-torch conversion", exc, carrier, target) from None
-
+        data = _convert(litert_torch, carrier, target)
         if target.precision == "fp16":
             with _quiet():
                 data = fp16_weights(data)
@@ -384,30 +343,71 @@ class TfliteExporter(Exporter):
         got = (info["inputs"][0]["dtype"], info["outputs"][0]["dtype"])
         want = (target.input.dtype, target.tflite.output_dtype)
         if got != want:
-            raise ExportError(f"target {target.name}: the converted file has {got[0]} input / {got[1]} output, "
-                              f"the profile asks for {want[0]} / {want[1]} (litert-torch changed its int8 I/O?)")
+            raise ExportError(f"the converted file has {got[0]} input / {got[1]} output, the profile asks for "
+                              f"{want[0]} / {want[1]} (litert-torch changed its int8 I/O?)", target=target.name)
         if target.precision != "int8":
             info.pop("float_ops")  # every op is float by design; the list is about int8 files
             info.pop("float_edges")
         else:
             name_ops([*info["float_ops"], *info["float_edges"]], carrier.float_model, carrier.quantized)
-            if info["float_ops"]:
-                logging.getLogger(__name__).warning("%s: float ops left in the int8 file: %s", target.name, ", ".join(
-                    f"{o['module']}: {o['torch_op']} ({o['op']})" for o in info["float_ops"]))
         path.write_bytes(data)
         import importlib.metadata as md
 
         versions = []
-        for pkg in ("litert-torch", "ai-edge-litert", "ai-edge-quantizer"):
+        for pkg in self.packages:
             with contextlib.suppress(md.PackageNotFoundError):
                 versions.append(f"{pkg} {md.version(pkg)}")
         return ExportedArtifact(path, self.format, target.precision, {
             **info,
             "layout": target.input.layout,
-            "batch": batch,
+            "batch": target.input.batch,
             "full_integer": target.precision == "int8" and not info.get("float_ops") and not info.get("float_edges"),
             "exporter": ", ".join(versions),
         })
+
+
+def _source_model(litert_torch: Any, carrier: Carrier, target: TargetProfile) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The module litert-torch converts (the unfolded carrier for int8) and its example input."""
+    if target.precision == "int8":
+        if carrier.quantized is None:
+            raise ExportError("int8 needs the QAT carrier, which this build did not produce", target=target.name)
+        with _quiet():
+            model: torch.nn.Module = unfold_quantized_weights(carrier.quantized)
+    else:
+        model = copy.deepcopy(carrier.float_model)
+    _set_eval(model)
+    batch = target.input.batch
+    example = carrier.example(2 if batch == "dynamic" else int(batch))
+    if target.input.layout == "NHWC":
+        model = litert_torch.to_channel_last_io(model, args=[0])
+        example = example.permute(0, 2, 3, 1).contiguous()
+    return model, example
+
+
+def _convert(litert_torch: Any, carrier: Carrier, target: TargetProfile) -> bytes:
+    model, example = _source_model(litert_torch, carrier, target)
+    batch = target.input.batch
+    kwargs: dict[str, Any] = {}
+    if batch == "dynamic":
+        spec = {0: torch.export.Dim("batch", min=1, max=1 << 16)}
+        # to_channel_last_io's wrapper takes *args: its spec is nested one level deeper.
+        kwargs["dynamic_shapes"] = ((spec,),) if target.input.layout == "NHWC" else (spec,)
+    if target.precision == "int8":
+        from litert_torch.quantize import pt2e_quantizer as pq
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        # litert-torch reads only `global_config.is_dynamic` from this object (static QDQ
+        # lowering); the quantize/dequantize ops and scales all come from our carrier.
+        flag = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
+        kwargs["quant_config"] = QuantConfig(pt2e_quantizer=flag)
+    try:
+        with _quiet():
+            return bytes(litert_torch.convert(model, (example,), **kwargs).model_content())
+    except Exception as exc:
+        if batch == "dynamic":
+            raise ExportError(f"litert-torch could not convert with a dynamic batch ({_first_line(exc)})",
+                              target=target.name, fix="set input.batch to a fixed size (e.g. 1) in the profile") from None
+        raise converter_failed("litert-torch conversion", exc, carrier, target) from None
 
 
 @contextlib.contextmanager
