@@ -84,7 +84,8 @@ def write_outputs(plan: Plan, engine: Engine, outcomes: dict[str, Outcome[Any]],
 
         baseline = plan.lc.resolve(cfg.baseline)
         reg = compare(m.to_json_dict(), read_manifest(baseline, "baseline"), cfg.regression)
-        m.regression = {"baseline": str(baseline), "notes": reg.notes, "comparisons": [vars(c) for c in reg.comparisons]}
+        m.regression = {"baseline": str(baseline), "differences": reg.differences, "notes": reg.notes,
+                        "comparisons": [vars(c) for c in reg.comparisons]}
         m.gate.failures += [f"{c.target}: regression {c.check}: {c.message}" for c in reg.failures]
     m.exit_code = EXIT_ERROR if m.gate.errors else (EXIT_GATE if m.gate.failures else EXIT_OK)
     m.gate.passed = m.exit_code == EXIT_OK

@@ -17,6 +17,21 @@ def _kib(n: float | None) -> str:
     return "-" if n is None else f"{n / 1024:.1f} KiB"
 
 
+def _target_row(t: dict[str, Any]) -> str:
+    mt = t.get("metrics")
+    gate = "pass" if t["checks"] and all(c["passed"] for c in t["checks"]) else "FAIL"
+    if mt is None:
+        return (f"| {t['name']} | {t['format']} | {t['precision']} | {t['status']}: {t.get('reason') or ''} "
+                "| - | - | - | - | - | - | - | - | FAIL |")
+    lat = mt.get("latency")
+    lat_s = (f"{_ms(lat['p50_ms'])} / {_ms(lat['p90_ms'])} / {_ms(lat['p99_ms'])} ({lat['measured_on']})" if lat
+             else mt.get("latency_note") or "-")
+    retention = "-" if mt["retention"] is None else f"{mt['retention']:.4f}"
+    return (f"| {t['name']} | {t['format']} | {t['precision']} | {t['status']} | {_pct(mt['top1'])} | "
+            f"{retention} | {mt['drift_points']:+.2f} vs {mt['reference']} | {mt['agreement'] * 100:.2f}% | "
+            f"{mt['max_abs_diff']:.2e} | {_kib(mt['size_bytes'])} | {mt['compression_vs_teacher']:.1f}x | {lat_s} | {gate} |")
+
+
 def render_report(m: dict[str, Any]) -> str:
     models = m["models"]
     verdict = "PASS" if m["exit_code"] == 0 else ("FAIL (gate)" if m["exit_code"] == 2 else "FAIL (error)")
@@ -39,21 +54,7 @@ def render_report(m: dict[str, Any]) -> str:
         "| target | format | precision | status | top-1 | retention | drift (pt) | agreement | max abs diff | size | compression | p50 / p90 / p99 ms | gate |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for t in m["targets"]:
-        mt = t.get("metrics")
-        gate = "pass" if t["checks"] and all(c["passed"] for c in t["checks"]) else "FAIL"
-        if mt is None:
-            lines.append(f"| {t['name']} | {t['format']} | {t['precision']} | {t['status']}: {t.get('reason', '')} "
-                         "| - | - | - | - | - | - | - | - | FAIL |")
-            continue
-        lat = mt.get("latency")
-        lat_s = (f"{_ms(lat['p50_ms'])} / {_ms(lat['p90_ms'])} / {_ms(lat['p99_ms'])} ({lat['measured_on']})" if lat
-                 else mt.get("latency_note", "-"))
-        lines.append(
-            f"| {t['name']} | {t['format']} | {t['precision']} | {t['status']} | {_pct(mt['top1'])} | "
-            f"{mt['retention']:.4f} | {mt['drift_points']:+.2f} vs {mt['reference']} | {mt['agreement'] * 100:.2f}% | "
-            f"{mt['max_abs_diff']:.2e} | {_kib(mt['size_bytes'])} | {mt['compression_vs_teacher']:.1f}x | {lat_s} | {gate} |"
-        )
+    lines += [_target_row(t) for t in m["targets"]]
     lines += ["", "## Gate", ""]
     if m["gate"]["passed"]:
         lines.append("All checks passed.")
