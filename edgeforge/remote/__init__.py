@@ -13,10 +13,8 @@ Both return a ``DeviceLatency`` whose ``as_dict()`` has the keys of ``edgeforge.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
-
 from ..errors import EdgeforgeError
+from ..records import Latency
 
 
 class RemoteError(EdgeforgeError):
@@ -39,29 +37,7 @@ class DeviceBenchFailed(RemoteError):
     """The benchmark ran but failed, timed out, or printed nothing that can be parsed."""
 
 
-@dataclass
-class DeviceLatency:
-    """Batch latency measured on a device. Percentiles the device tool does not print are None."""
-
-    batch: int
-    threads: int
-    warmup: int
-    runs: int
-    load_ms: float
-    p50_ms: float | None
-    p90_ms: float | None
-    p99_ms: float | None
-    mean_ms: float
-    measured_on: str  # "ssh:user@host" or "adb:SERIAL"
-    samples_ms: list[float] = field(default_factory=list)  # every timed run; adb's tool prints none
-    runtime: str = ""
-    runtime_version: str = ""
-    device: str = ""  # the device's uname (and model name where adb gives it)
-    extra: dict[str, Any] = field(default_factory=dict)  # runner-specific, e.g. adb's p5/p95
-
-    def as_dict(self) -> dict[str, Any]:
-        """The fields of ``edgeforge.validate.Latency`` first, then the device's own."""
-        return asdict(self)
+DeviceLatency = Latency  # one latency record for the host and every device
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..records import Latency as DeviceLatency
 from . import (
     DeviceAuthFailed,
     DeviceBenchFailed,
-    DeviceLatency,
     DeviceRuntimeMissing,
     DeviceUnreachable,
     RemoteError,
