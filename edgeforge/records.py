@@ -73,13 +73,13 @@ class Metrics:
     retention: float | None
     reference: str
     reference_top1: float
-    drift_points: float
+    drift_points: float  # (metric - reference's metric) in points
     vs_float_student_points: float
-    agreement: float
-    max_abs_diff: float
+    agreement: float  # share of top-1 predictions equal to the reference's
+    max_abs_diff: float  # logits vs the reference's
     mean_abs_diff: float
     size_bytes: int
-    compression_vs_teacher: float
+    compression_vs_teacher: float  # teacher bytes / artifact bytes
     drift_vs_qat_points: float | None = None
     latency: Latency | None = None
     latency_note: str | None = None
