@@ -49,6 +49,10 @@ class Stage(ABC, Generic[T]):
         """One log line about a finished stage's result ('' for none)."""
         return ""
 
+    def announce(self) -> str:
+        """One log line said when the stage starts real work (not when it comes from the cache)."""
+        return ""
+
 
 class PlanError(EdgeforgeError):
     """The stages of a build do not form a valid order (a bug in edgeforge, not the user's input)."""
@@ -93,13 +97,13 @@ class Engine:
         try:
             if stage.cacheable:
                 key = self.key_of(stage)
-                folder, record, cached = self.cache.run(stage.kind, key, lambda f: stage.produce(f, inputs),
+                folder, record, cached = self.cache.run(stage.kind, key, lambda f: self._produce(stage, f, inputs),
                                                         on_invalid=lambda why: self.log(f"[{stage.name}] {why}"))
                 value = stage.load(folder, record, inputs)
                 self.keys[stage.name] = key
             else:
                 key, folder, cached = None, None, False
-                record = stage.produce(None, inputs)
+                record = self._produce(stage, None, inputs)
                 value = stage.load(None, record, inputs)
         except BaseException as exc:
             err = exc.fields() if isinstance(exc, EdgeforgeError) else {"error": type(exc).__name__,
@@ -113,6 +117,12 @@ class Engine:
         when = "(cached)" if cached else f"in {run.seconds:.1f} s"
         self.log(f"[{stage.name}] {note + ' ' if note else ''}{when}" if note or cached else f"[{stage.name}] done {when}")
         return Outcome(value, record, run)
+
+    def _produce(self, stage: Stage[Any], folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
+        start = stage.announce()
+        if start:
+            self.log(f"[{stage.name}] {start}")
+        return stage.produce(folder, inputs)
 
     def try_run(self, stage: Stage[T]) -> Outcome[T] | EdgeforgeError:
         """Run a stage whose failure must not stop the others (a target's); the failure is recorded."""

@@ -103,6 +103,10 @@ class DistillStage(Stage[nn.Module]):
     def describe(self, record: dict[str, Any]) -> str:
         return f"best val top-1 {record['best_val_top1']:.4f} at epoch {record['best_epoch']}"
 
+    def announce(self) -> str:
+        d = self.plan.lc.config.distill
+        return f"{d.epochs} epochs, T={d.temperature}, alpha={d.alpha}"
+
 
 class QatStage(Stage[torch.fx.GraphModule]):
     """int8 QAT of the distilled student; its converted graph is the one carrier of every int8 artifact."""
@@ -136,6 +140,12 @@ class QatStage(Stage[torch.fx.GraphModule]):
                 "quantize_ops": out.quantized_ops, "post_training_only": cfg.qat.epochs == 0,
                 "calibration": {"name": cal.name, "samples": len(calib), "split": cal.split,
                                 "selection": cal.selection, "seed": cal.seed}}
+
+    def announce(self) -> str:
+        q = self.plan.lc.config.qat
+        kind = "post-training quantization (qat.epochs: 0)" if q.epochs == 0 else f"{q.epochs} epochs int8 QAT"
+        return (f"{kind} (w: per-channel symmetric, a: per-tensor affine"
+                f"{', learned ranges' if q.learn_ranges else ''})")
 
     def load(self, folder: Path | None, record: dict[str, Any], inputs: dict[str, Any]) -> torch.fx.GraphModule:
         from .quant.qat import load_carrier
