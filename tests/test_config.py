@@ -74,7 +74,7 @@ def test_builtin_targets_load() -> None:
 
 
 def test_unknown_target_lists_available() -> None:
-    with pytest.raises(ConfigError, match=r"unknown target 'pixel-99'; available: .*onnx-cpu-int8"):
+    with pytest.raises(ConfigError, match=r"unknown target 'pixel-99'; did you mean 'pixel-8'\? available: .*onnx-cpu-int8"):
         resolve(["pixel-99"])
 
 
