@@ -212,7 +212,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Lo
     lc = LoadedConfig(cfg, p.resolve(), raw)
     if cfg.baseline:
         _check_baseline(lc.resolve(cfg.baseline), p)
-    check_factory_keywords(lc)
+    try:
+        check_factory_keywords(lc)
+    except ConfigError as exc:  # name the config file: the factory is the config's
+        raise ConfigError(exc.message, file=str(p), key=exc.key, fix=exc.fix) from None
     return lc
 
 
