@@ -427,7 +427,7 @@ def test_build_measures_latency_on_the_ssh_device(sshd: dict[str, object], make_
            "python": sys.executable, "workdir": str(Path(sshd["dir"]) / "remote")}  # type: ignore[arg-type]
     (profiles / "board-int8.yaml").write_text(yaml.safe_dump({
         "name": "board-int8", "format": "onnx", "precision": "int8", "runtime": {"threads": 1},
-        "latency": {"measured_on": "ssh", "ssh": ssh}, "budgets": {"latency_p90_ms": 1000}}))
+        "latency": {"measured_on": "ssh", "ssh": ssh}, "gate": {"max_latency_p90_ms": 1000}}))
     cfg = make_config(targets=["board-int8"], target_dirs=[str(profiles)])
     result = build(cfg, log=lambda _m: None)
     assert result.exit_code == 0, result.failures
