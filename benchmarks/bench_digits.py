@@ -190,10 +190,10 @@ def main() -> None:
         fp32, int8 = t["onnx-cpu-fp32"], t["onnx-cpu-int8"]
         fp32_path, int8_path = out / fp32["artifact"]["path"], out / int8["artifact"]["path"]
 
+        import yaml
+
         from edgeforge.config import load_config
         from edgeforge.data import calibration_split, load_data
-
-        import yaml
 
         lc = load_config(CONFIG, {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in OVERRIDES)})
         data = load_data(lc)

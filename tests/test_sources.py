@@ -102,21 +102,21 @@ def test_teacher_logits_computed_once_without_augmentation(make_config) -> None:
     plan = plan_build(load_config(make_config()))
     t = CountingTeacher(plan.teacher)
     cfg = DistillConfig(epochs=3, batch_size=32, lr=0.01)
-    distill(t, plan.student, plan.data, cfg, augmented=False, show_progress=False)
+    distill(t, plan.new_student(), plan.data, cfg, augmented=False, show_progress=False)
     assert t.calls == 2  # 384 training samples in two 256-sample inference batches, for all 3 epochs
     t.calls = 0
-    distill(t, plan.student, plan.data, cfg, augmented=True, show_progress=False)
+    distill(t, plan.new_student(), plan.data, cfg, augmented=True, show_progress=False)
     assert t.calls == 3 * 12  # augmented data: the teacher runs on every batch of every epoch
 
 
 def test_feature_hints_train_and_bad_names_rejected(make_config) -> None:  # type: ignore[no-untyped-def]
     plan = plan_build(load_config(make_config()))
     cfg = DistillConfig(epochs=2, batch_size=64, lr=0.01, hints=[{"teacher": "body.5", "student": "features.0"}])
-    out = distill(plan.teacher, plan.student, plan.data, cfg, augmented=False, show_progress=False)
+    out = distill(plan.teacher, plan.new_student(), plan.data, cfg, augmented=False, show_progress=False)
     assert len(out.result.history) == 2 and out.result.best_val_top1 > 0.25
     bad = DistillConfig(epochs=1, hints=[{"teacher": "body.99", "student": "features.0"}])
     with pytest.raises(ConfigError, match="teacher has no submodule 'body.99'"):
-        distill(plan.teacher, plan.student, plan.data, bad, augmented=False, show_progress=False)
+        distill(plan.teacher, plan.new_student(), plan.data, bad, augmented=False, show_progress=False)
 
 
 def test_factory_teacher_without_checkpoint_gets_bytes(make_config) -> None:  # type: ignore[no-untyped-def]
