@@ -113,9 +113,9 @@ class Engine:
         run = StageRun(stage.name, key, cached, time.perf_counter() - t0)
         self.runs.append(run)
         self.outputs[stage.name] = value
-        note = stage.describe(record)
+        note = stage.describe(record) or ("" if cached else "done")
         when = "(cached)" if cached else f"in {run.seconds:.1f} s"
-        self.log(f"[{stage.name}] {note + ' ' if note else ''}{when}" if note or cached else f"[{stage.name}] done {when}")
+        self.log(f"[{stage.name}] {note} {when}" if note else f"[{stage.name}] {when}")
         return Outcome(value, record, run)
 
     def _produce(self, stage: Stage[Any], folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import hashlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,11 @@ class Plan:
     def make_carrier(self, student: nn.Module, quantized: torch.fx.GraphModule | None) -> Carrier:
         d = self.data
         return Carrier(student, quantized, d.input_shape, d.num_classes, d.class_names,
-                       self.calibration_split().x, name=self.lc.config.name)
+                       self.calibration_split.x, name=self.lc.config.name)
 
+    @cached_property
     def calibration_split(self) -> Split:
+        """Picked once per build: the QAT stage and every target's carrier share it."""
         return calibration_split(self.data, self.calibration)
 
     def data_identity(self) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from .cache import save_torch
-from .carrier import Carrier
 from .engine import Stage
 from .errors import EdgeforgeError
 from .plan import Plan, versions
@@ -30,6 +29,10 @@ def _keep_last_good(exc: NonFiniteLoss, path: Path) -> EdgeforgeError:
         return EdgeforgeError(f"{exc} (it diverged in the first epoch: no checkpoint to keep)")
     save_torch(exc.last_good, path)
     return EdgeforgeError(f"{exc} (the last good checkpoint is kept in {path})")
+
+
+def _best_epoch(record: dict[str, Any]) -> str:
+    return f"best val top-1 {record['best_val_top1']:.4f} at epoch {record['best_epoch']}"
 
 
 def _training_record(r: Any) -> dict[str, Any]:
@@ -101,7 +104,7 @@ class DistillStage(Stage[nn.Module]):
         return student.eval()
 
     def describe(self, record: dict[str, Any]) -> str:
-        return f"best val top-1 {record['best_val_top1']:.4f} at epoch {record['best_epoch']}"
+        return _best_epoch(record)
 
     def announce(self) -> str:
         d = self.plan.lc.config.distill
@@ -128,7 +131,7 @@ class QatStage(Stage[torch.fx.GraphModule]):
         assert folder is not None
         p, cfg = self.plan, self.plan.lc.config
         cal = p.calibration
-        calib = p.calibration_split()
+        calib = p.calibration_split
         try:
             out = quantization_aware_training(
                 inputs["distill"], p.teacher, p.data, calib, cfg.qat, temperature=cfg.distill.temperature,
@@ -154,7 +157,7 @@ class QatStage(Stage[torch.fx.GraphModule]):
         return load_carrier(str(folder / "student_qat.pt2"))
 
     def describe(self, record: dict[str, Any]) -> str:
-        return f"best val top-1 {record['best_val_top1']:.4f} at epoch {record['best_epoch']}"
+        return _best_epoch(record)
 
 
 @dataclass
@@ -164,7 +167,6 @@ class References:
     logits: dict[str, np.ndarray]
     top1: dict[str, float]
     per_class: dict[str, list[float | None]]
-    carrier: Carrier
 
 
 class ReferenceStage(Stage[References]):
@@ -196,8 +198,7 @@ class ReferenceStage(Stage[References]):
         assert folder is not None
         with np.load(folder / "logits.npz", allow_pickle=False) as z:
             logits = {r: z[r] for r in self.ROLES}
-        carrier = self.plan.make_carrier(inputs["distill"], inputs["qat"])
-        return References(logits, record["top1"], record["per_class"], carrier)
+        return References(logits, record["top1"], record["per_class"])
 
     def describe(self, record: dict[str, Any]) -> str:
         t = record["top1"]
