@@ -7,14 +7,27 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 
 
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """sha256 of edgeforge's own source: a checkout changed without a version bump misses the cache."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def stage_key(stage: str, **inputs: Any) -> str:
-    blob = json.dumps({"stage": stage, "edgeforge": __version__, **inputs}, sort_keys=True, default=str)
+    blob = json.dumps({"stage": stage, "edgeforge": __version__, "code": code_digest(), **inputs},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

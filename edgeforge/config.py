@@ -114,7 +114,9 @@ class QatConfig(Strict):
     lr: PositiveFloat = 5e-4
     range_lr_ratio: PositiveFloat = Field(0.01, description="learning rate of activation scales relative to lr")
     weight_decay: float = Field(0.0, ge=0)
-    scheme: Literal["w8a8"] = "w8a8"
+    scheme: Literal["w8a8", "w4a8"] = Field(
+        "w8a8", description="w4a8: weights on a 4-bit grid ([-7, 7] per channel) stored in int8 tensors (an accuracy "
+        "setting: every format still stores 8 bits per weight)")
     weights: Literal["per_channel_symmetric"] = "per_channel_symmetric"
     activations: Literal["per_tensor_affine"] = "per_tensor_affine"
     range_init: Literal["minmax", "histogram"] = "minmax"

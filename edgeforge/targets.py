@@ -33,6 +33,9 @@ class RuntimeSpec(Strict):
 
 class OnnxOptions(Strict):
     opset: int = Field(18, ge=13, le=23)
+    qdq_dtype: Literal["uint8", "int8"] = Field(
+        "uint8", description="8-bit type of int8 QDQ tensors: uint8 runs onnxruntime's exact U8U8 kernels on every CPU; "
+        "int8 is what TensorRT/QNN take (on x86 without VNNI onnxruntime's U8S8 kernels saturate)")
     input_name: str = "input"
     output_name: str = "logits"
 

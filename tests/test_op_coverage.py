@@ -276,18 +276,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], dict
     return artifact
 
 
-# onnxruntime's x86 graph optimiser turns int8 activations into uint8 (QDQS8ToU8Transformer) and its
-# AVX2 u8 x s8 kernels (no VNNI) saturate 16-bit pair sums when activations sit far from zero and
-# weights use the full int8 range: the SE gate's 1x1 conv and the 3-D linear come out up to 28 LSB
-# off here (exact with that transformer disabled; exact on VNNI CPUs), not a defect of the carrier.
-_ORT_U8S8 = pytest.mark.xfail(reason="onnxruntime AVX2 u8s8 saturation (QDQS8ToU8Transformer); see comment",
-                              strict=False)
-
-
 def _marks(fmt: str, op: str) -> list[Any]:
     marks = [getattr(pytest.mark, fmt)]
-    if fmt == "onnx" and op in ("se_multiply", "linear"):
-        marks.append(_ORT_U8S8)
     if fmt == "executorch":  # its XNNPACK lowering takes ~50 s for these two models: kept out of the quick run
         marks.append(pytest.mark.slow)
     return marks

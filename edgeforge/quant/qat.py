@@ -69,7 +69,8 @@ def quantization_aware_training(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     torch.manual_seed(cfg.seed)
-    scheme = Int8Scheme(learn_activation_ranges=cfg.learn_ranges, range_init=cfg.range_init)
+    scheme = Int8Scheme(learn_activation_ranges=cfg.learn_ranges, range_init=cfg.range_init,
+                        weight_bits=4 if cfg.scheme == "w4a8" else 8)
     gm = export_for_training(copy.deepcopy(student).train(), data.train.x)
     prepared = prepare_qat_pt2e(gm, Int8Quantizer(scheme))
 

@@ -40,6 +40,11 @@ class Int8Scheme:
 
     learn_activation_ranges: bool = True
     range_init: str = "minmax"  # minmax | histogram
+    weight_bits: int = 8  # 4: weights on the grid [-7, 7], still stored in int8 tensors by every format
+
+    @property
+    def weight_qmax(self) -> int:
+        return 2 ** (self.weight_bits - 1) - 1
 
     def activation_spec(self) -> QuantizationSpec:
         observer: Any = HistogramObserver if self.range_init == "histogram" else MovingAverageMinMaxObserver
@@ -56,6 +61,21 @@ class Int8Scheme:
             observer_or_fake_quant_ctr=ctr,
         )
 
+    def bounded_spec(self) -> QuantizationSpec:
+        """The output of relu/relu6/clamp: observed ranges only, never learned.
+
+        A learned (LSQ) range drifts a few LSB past the clamp (0..6.018 after relu6) and its zero
+        point off -128; then onnxruntime cannot drop the Clip/Relu before the QuantizeLinear, and
+        the convolution in front of it stays a float FusedConv between dequantize/quantize. An
+        observed range never exceeds what the clamp lets through, so the clamp folds into the int8
+        kernel in every format.
+        """
+        observer: Any = HistogramObserver if self.range_init == "histogram" else MovingAverageMinMaxObserver
+        kwargs: dict[str, Any] = {} if self.range_init == "histogram" else {"averaging_constant": 0.01}
+        ctr = _fake_quant(observer, -128, 127, False, torch.per_tensor_affine, **kwargs)
+        return QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
+                                is_dynamic=False, observer_or_fake_quant_ctr=ctr)
+
     def table_spec(self) -> QuantizationSpec:
         """Embedding tables: one symmetric int8 scale, since gathered rows keep the table's parameters."""
         from torchao.quantization.pt2e.observer import MinMaxObserver
@@ -67,11 +87,12 @@ class Int8Scheme:
     def weight_spec(self) -> QuantizationSpec:
         # Weight scales follow the weights' per-channel min/max: learned (LSQ) weight scales
         # collapsed to eps within tens of steps in our probes, while activation scales learn well.
-        ctr = _fake_quant(PerChannelMinMaxObserver, -127, 127, False, torch.per_channel_symmetric, ch_axis=0)
+        q = self.weight_qmax
+        ctr = _fake_quant(PerChannelMinMaxObserver, -q, q, False, torch.per_channel_symmetric, ch_axis=0)
         return QuantizationSpec(
             dtype=torch.int8,
-            quant_min=-127,
-            quant_max=127,
+            quant_min=-q,
+            quant_max=q,
             qscheme=torch.per_channel_symmetric,
             ch_axis=0,
             is_dynamic=False,
@@ -144,12 +165,13 @@ class Int8Quantizer(Quantizer):
 
     def annotate(self, model: GraphModule) -> GraphModule:
         act = self.scheme.activation_spec()
+        bounded = self.scheme.bounded_spec()
         handlers = {
-            "weighted": lambda n: self._annotate_weighted(n, act, self.scheme.weight_spec()),
-            "binary": lambda n: _annotate_binary(n, act),
-            "own": lambda n: _annotate_unary(n, act, act),
+            "weighted": lambda n: self._annotate_weighted(n, act, bounded),
+            "binary": lambda n: _annotate_binary(n, act, bounded),
+            "own": lambda n: _annotate_unary(n, act, bounded if n.target in FUSABLE_ACTIVATIONS else act),
             "fixed": lambda n: _annotate_unary(n, act, _unit_interval_spec()),
-            "matmul": lambda n: _annotate_binary(n, act),
+            "matmul": lambda n: _annotate_binary(n, act, bounded),
             "same": lambda n: _annotate_same(n, act),
             "concat": lambda n: _annotate_concat(n, act),
             "embedding": lambda n: _annotate_embedding(n, self.scheme.table_spec()),
@@ -166,7 +188,7 @@ class Int8Quantizer(Quantizer):
     def _kept_float(self, node: Node) -> bool:
         return any(p == m or p.startswith(m + ".") for p in _module_paths(node) for m in self.float_modules)
 
-    def _annotate_weighted(self, node: Node, act: QuantizationSpec, weight: QuantizationSpec) -> None:
+    def _annotate_weighted(self, node: Node, act: QuantizationSpec, bounded: QuantizationSpec) -> None:
         x, w = node.args[0], node.args[1]
         if not isinstance(x, Node) or not isinstance(w, Node):
             return
@@ -178,17 +200,17 @@ class Int8Quantizer(Quantizer):
         if relu is not None:
             chain.append(relu)
         # Bias stays float here: exporters store it as int32 with scale s_x * s_w.
-        _mark(node, {x: act, w: weight}, None if len(chain) > 1 else act)
+        _mark(node, {x: act, w: self.scheme.weight_spec()}, None if len(chain) > 1 else act)
         for inner in chain[1:-1]:
             _mark(inner)
         if len(chain) > 1:
-            _mark(chain[-1], None, act)
+            _mark(chain[-1], None, bounded if relu is not None else act)
 
     def validate(self, model: GraphModule) -> None:
         pass
 
 
-def _annotate_binary(node: Node, act: QuantizationSpec) -> None:
+def _annotate_binary(node: Node, act: QuantizationSpec, bounded: QuantizationSpec) -> None:
     """add/mul/matmul: tensor operands int8; a scalar operand (hardsigmoid's +3, *1/6) stays a constant."""
     operands = node.args[:2]
     tensors = [a for a in operands if isinstance(a, Node)]
@@ -202,7 +224,7 @@ def _annotate_binary(node: Node, act: QuantizationSpec) -> None:
         _mark(node, inputs, act)
     else:
         _mark(node, inputs, None)
-        _mark(relu, None, act)
+        _mark(relu, None, bounded)
 
 
 def _annotate_unary(node: Node, act: QuantizationSpec, out: Any) -> None:
