@@ -24,6 +24,8 @@ from .targets import TargetProfile
 if TYPE_CHECKING:
     from .plan import Plan
 
+MAX_LINE = 400  # a preflight line per target; a converter's message can run to 14,000 characters
+
 
 class PreflightFailed(EdgeforgeError):
     def __init__(self, problems: list[str]) -> None:
@@ -46,11 +48,23 @@ class TargetCheck:
 
 
 def _cannot_convert(target: TargetProfile, exc: BaseException) -> str:
+    """One line: the exporter's error names the op and the fix itself; anything else says "cannot convert"."""
     prefix = f"target {target.name}: "
-    if isinstance(exc, EdgeforgeError) and exc.op:
-        return (f"{prefix}the {target.format} converter cannot take op {exc.op} ({exc.message}); "
-                "replace that op in the student or drop the target")
+    if isinstance(exc, EdgeforgeError):
+        text = str(exc)
+        return text if text.startswith(prefix) else prefix + text
     return f"{prefix}cannot convert: {unexpected(exc).removeprefix(prefix)}"
+
+
+def clip_line(text: str, limit: int = MAX_LINE) -> str:
+    """One line of at most ``limit`` characters; the end (the fix) is kept, the middle is cut."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head, sep, tail = text.rpartition("; ")
+    if sep and len(tail) < limit // 2:
+        return f"{head[: limit - len(tail) - 8].rstrip()} [...]; {tail}"
+    return text[: limit - 6].rstrip() + " [...]"
 
 
 def untrained_carrier(plan: Plan) -> Carrier:
@@ -82,7 +96,8 @@ def check_target(carrier: Carrier, target: TargetProfile, folder: Path, sample: 
     path = folder / f"{target.name}{exporter.suffix}"
 
     def done(ok: bool, message: str) -> TargetCheck:
-        return TargetCheck(target.name, ok, message, time.perf_counter() - t0, warnings)
+        return TargetCheck(target.name, ok, clip_line(message), time.perf_counter() - t0,
+                           [clip_line(w) for w in warnings])
 
     try:
         art = exporter.export(carrier, target, path)

@@ -13,7 +13,7 @@ import pkgutil
 from ..errors import ConfigError
 from .base import EXPORTERS, ExportedArtifact, Exporter
 
-_NOT_FORMATS = {"base"}
+_NOT_FORMATS = {"base", "known_errors", "onnx_qdq", "tflite_ops"}  # helpers, not formats
 
 
 def known_formats() -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..errors import ExportError
+from ..errors import EdgeforgeError, ExportError
 from ..records import Check
 from ..registry import Registry
 from ..targets import TargetProfile
@@ -74,16 +74,34 @@ class Exporter(ABC):
 
 
 def converter_failed(tool: str, exc: BaseException, carrier: Carrier, target: TargetProfile) -> ExportError:
-    """A converter's exception as one ExportError naming the student's op it choked on, when it names one.
+    """A converter's exception as one ExportError naming the student's op behind it and a fix.
 
-    The op is found by looking for the student's own graph ops in the converter's message (a
-    converter names the op it cannot lower), not by guessing at the message's wording.
+    A known failure (``known_errors``) is named by the op that causes it. Otherwise the op is found
+    by looking for the student's own graph ops in the converter's message (a converter names the op
+    it cannot lower), not by guessing at the message's wording.
     """
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    detail = next((ln.split("error:", 1)[1].strip() for ln in lines if "error:" in ln), lines[0] if lines else "")
-    op = next((o for o in student_ops(carrier) if o in str(exc)), None)
-    fix = "replace that op in the student or drop the target" if op else None
-    return ExportError(f"{tool} failed: {type(exc).__name__}: {detail[:240]}", target=target.name, op=op, fix=fix)
+    from .known_errors import explain
+
+    detail = f"{type(exc).__name__}: {first_line(exc)}"
+    ops = student_ops(carrier)
+    known = explain(target.format, str(exc), ops, target.name)
+    if known is not None:
+        return ExportError(f"the {target.format} converter cannot take op {known.op}: {known.why} "
+                           f"({tool}: {detail[:120]})", target=target.name, op=known.op, fix=known.fix)
+    op = next((o for o in ops if o in str(exc)), None)
+    if op is not None:
+        return ExportError(f"the {target.format} converter cannot take op {op} ({tool} failed: {detail})",
+                           target=target.name, op=op, fix="replace that op in the student or drop the target")
+    return ExportError(f"{tool} failed: {detail}", target=target.name)
+
+
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """The useful line of an exception's message (MLIR errors: the part after "error:")."""
+    # edgeforge's own checks after conversion: the message without the target prefix
+    text = exc.message if isinstance(exc, EdgeforgeError) else str(exc)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    first = next((ln.split("error:", 1)[1].strip() for ln in lines if "error:" in ln), lines[0] if lines else "")
+    return (first or type(exc).__name__)[:limit]
 
 
 def student_ops(carrier: Carrier) -> list[str]:

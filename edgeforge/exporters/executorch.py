@@ -26,7 +26,7 @@ from ..errors import ExportError, require
 from ..records import Check
 from ..schema import Strict
 from ..targets import TargetProfile
-from .base import EXPORTERS, ExportedArtifact, Exporter
+from .base import EXPORTERS, ExportedArtifact, Exporter, converter_failed, first_line
 
 aten = torch.ops.aten
 _BOOKKEEPING = {"getitem"}  # tuple unpacking of a delegate's outputs, no kernel
@@ -121,11 +121,6 @@ def _quiet_warnings() -> Iterator[None]:
         yield
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:240]
-
-
 class ExecutorchExporter(Exporter):
     format = "executorch"
     precisions = ("fp32", "int8")
@@ -174,13 +169,13 @@ class ExecutorchExporter(Exporter):
             except ExportError:
                 raise
             except Exception as exc:
-                raise ExportError(f"torch.export failed: {_first_line(exc)}", target=target.name) from None
-            edge = self._lower(exir, ep, opts, target)
+                raise converter_failed("torch.export", exc, carrier, target) from None
+            edge = self._lower(exir, ep, opts, carrier, target)
             summary = delegation_summary(edge.exported_program().graph_module, self._backend_id(opts))
             try:
                 program = edge.to_executorch()
             except Exception as exc:
-                raise ExportError(f"ExecuTorch could not emit the program: {_first_line(exc)}", target=target.name,
+                raise ExportError(f"ExecuTorch could not emit the program: {first_line(exc)}", target=target.name,
                                   op=", ".join(summary["portable_ops"]) or None,
                                   fix="these ops need a kernel in ExecuTorch's portable library; change them "
                                       "in the student") from None
@@ -206,7 +201,7 @@ class ExecutorchExporter(Exporter):
         return "XnnpackBackend" if opts.backend == "xnnpack" else "portable"
 
     @staticmethod
-    def _lower(exir: Any, ep: Any, opts: ExecutorchOptions, target: TargetProfile) -> Any:
+    def _lower(exir: Any, ep: Any, opts: ExecutorchOptions, carrier: Carrier, target: TargetProfile) -> Any:
         partitioners: list[Any] = []
         if opts.backend == "xnnpack":
             xnn = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "executorch")
@@ -214,8 +209,7 @@ class ExecutorchExporter(Exporter):
         try:
             return exir.to_edge_transform_and_lower(ep, partitioner=partitioners)
         except Exception as exc:
-            raise ExportError(f"lowering to ExecuTorch ({opts.backend}) failed: {_first_line(exc)}",
-                              target=target.name) from None
+            raise converter_failed(f"lowering to ExecuTorch ({opts.backend})", exc, carrier, target) from None
 
     def artifact_checks(self, info: dict[str, Any], target: TargetProfile) -> list[Check]:
         """An int8 program should run entirely in the delegate: a portable op computes in float."""

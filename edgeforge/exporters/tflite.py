@@ -26,20 +26,10 @@ from ..carrier import Carrier
 from ..errors import ExportError, require
 from ..records import Check
 from ..targets import TargetProfile
-from .base import EXPORTERS, ExportedArtifact, Exporter, converter_failed
+from .base import EXPORTERS, ExportedArtifact, Exporter, converter_failed, first_line
 from .tflite_ops import name_ops
 
 _FLOAT_TYPES = ("float32", "float16", "bfloat16", "float64")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    # MLIR errors put the useful part after "error:".
-    for ln in lines:
-        if "error:" in ln:
-            return ln.split("error:", 1)[1].strip()[:240]
-    return (lines[0] if lines else type(exc).__name__)[:240]
 
 
 def unfold_quantized_weights(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -338,7 +328,10 @@ class TfliteExporter(Exporter):
             with _quiet():
                 data = fp16_weights(data)
         elif target.precision == "int8":
-            data = set_io_types(data, target.input.dtype, target.tflite.output_dtype)
+            try:
+                data = set_io_types(data, target.input.dtype, target.tflite.output_dtype)
+            except ExportError as exc:
+                raise converter_failed("int8 I/O of litert-torch's file", exc, carrier, target) from None
         info = describe(data)
         got = (info["inputs"][0]["dtype"], info["outputs"][0]["dtype"])
         want = (target.input.dtype, target.tflite.output_dtype)
@@ -405,7 +398,7 @@ def _convert(litert_torch: Any, carrier: Carrier, target: TargetProfile) -> byte
             return bytes(litert_torch.convert(model, (example,), **kwargs).model_content())
     except Exception as exc:
         if batch == "dynamic":
-            raise ExportError(f"litert-torch could not convert with a dynamic batch ({_first_line(exc)})",
+            raise ExportError(f"litert-torch could not convert with a dynamic batch ({first_line(exc)})",
                               target=target.name, fix="set input.batch to a fixed size (e.g. 1) in the profile") from None
         raise converter_failed("litert-torch conversion", exc, carrier, target) from None
 
