@@ -238,6 +238,7 @@ def render_html(m: dict[str, Any]) -> str:
                  "<th>top-1</th><th>retention</th><th>drift</th><th>size</th><th>latency p50 / p90 / p99</th><th>gate</th></tr>")
     parts += [_target_row(t) for t in targets]
     parts.append("</table>")
+    parts += [f"<p class=skip>Warning: {_e(s['message'])}.</p>" for s in m.get("int8_slower") or []]
     failures = m["gate"]["errors"] + m["gate"]["failures"]
     if failures:
         parts.append("<ul>" + "".join(f"<li class=fail>{_e(f)}</li>" for f in failures) + "</ul>")

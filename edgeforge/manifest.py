@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cache import atomic_write_text
+from .int8_speed import int8_slowdowns
 from .records import SCHEMA_VERSION, GateOutcome, Manifest, ModelRecord, TargetResult
 from .validate import sha256_file
 
@@ -78,6 +79,7 @@ def write_outputs(plan: Plan, engine: Engine, outcomes: dict[str, Outcome[Any]],
     from .report import render_report
 
     m = make_manifest(plan, engine, outcomes, targets, out_dir, seconds)
+    m.int8_slower = int8_slowdowns(targets)
     cfg = plan.lc.config
     if cfg.baseline:
         from .regression import compare, read_manifest

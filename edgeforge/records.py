@@ -165,6 +165,22 @@ class GateOutcome:
 
 
 @dataclass
+class Int8Slowdown:
+    """An int8 artifact slower on this host than the fastest fp32 artifact of its format (same threads).
+
+    Host p50 latencies of one build; ``message`` is the warning the reports print.
+    """
+
+    format: str
+    int8_target: str
+    fp32_target: str
+    int8_ms: float
+    fp32_ms: float
+    ratio: float  # int8 / fp32, > 1
+    message: str
+
+
+@dataclass
 class Manifest:
     schema: str
     name: str
@@ -181,6 +197,7 @@ class Manifest:
     gate: GateOutcome
     exit_code: int
     regression: dict[str, Any] | None = None
+    int8_slower: list[Int8Slowdown] = field(default_factory=list)  # int8 slower than fp32 on this host
 
     def to_json_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))

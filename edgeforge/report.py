@@ -32,6 +32,11 @@ def _target_row(t: dict[str, Any]) -> str:
             f"{mt['max_abs_diff']:.2e} | {_kib(mt['size_bytes'])} | {mt['compression_vs_teacher']:.1f}x | {lat_s} | {gate} |")
 
 
+def _int8_speed_lines(m: dict[str, Any]) -> list[str]:
+    """One warning per int8 artifact slower than its fp32 partner on the build host."""
+    return ["", *[f"**Warning:** {s['message']}." for s in m.get("int8_slower") or []]] if m.get("int8_slower") else []
+
+
 def render_report(m: dict[str, Any]) -> str:
     models = m["models"]
     verdict = "PASS" if m["exit_code"] == 0 else ("FAIL (gate)" if m["exit_code"] == 2 else "FAIL (error)")
@@ -55,6 +60,7 @@ def render_report(m: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_target_row(t) for t in m["targets"]]
+    lines += _int8_speed_lines(m)
     lines += ["", "## Gate", ""]
     if m["gate"]["passed"]:
         lines.append("All checks passed.")
