@@ -114,6 +114,20 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_debug(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .cache import atomic_write_text
+    from .debug import debug_build
+
+    _writable_file("--json", args.json)
+    report = debug_build(args.build_dir, args.target, inputs=args.inputs, samples=args.samples, config=args.config)
+    print(report.to_text())
+    if args.json:
+        atomic_write_text(Path(args.json), report.to_json() + "\n")
+    return 2 if report.first_divergent else 0
+
+
 def _cmd_targets(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -230,6 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--junit", metavar="FILE", help="write JUnit XML (one test case per target and check)")
     c.add_argument("--markdown", metavar="FILE", help="write a short Markdown summary for a pull-request comment")
     c.set_defaults(func=_cmd_check)
+    d = sub.add_parser("debug", help="layer report: each quantized node of the carrier vs an int8 artifact's "
+                       "tensor; exit 0 none diverges, 2 one does, 1 error")
+    d.add_argument("build_dir", help="a build's output folder (holds manifest.json and student_qat.pt2)")
+    d.add_argument("--target", required=True, help="the int8 target to examine (onnx or tflite)")
+    d.add_argument("--samples", type=int, default=32, help="how many test inputs (default 32)")
+    d.add_argument("--inputs", metavar="NPZ", help="take the inputs from this .npz's 'x' array instead of the test split")
+    d.add_argument("--config", help="the build's edgeforge.yaml when it moved from where the manifest says")
+    d.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    d.set_defaults(func=_cmd_debug)
     t = sub.add_parser("targets", help="list the target profiles found")
     t.add_argument("--dir", action="append", default=[], help="an extra folder of profiles")
     t.set_defaults(func=_cmd_targets)

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,10 +23,12 @@ from .base import RUNTIMES, Runtime, Session
 class LiteRTSession(Session):
     executor = "ai-edge-litert"
 
-    def __init__(self, path: Path, target: TargetProfile) -> None:
+    def __init__(self, path: Path, target: TargetProfile, **interpreter_options: Any) -> None:
+        """``interpreter_options`` go to the Interpreter as they are (the layer report's debugging options)."""
         interp_mod = require("ai_edge_litert.interpreter", "tflite")
         t0 = time.perf_counter()
-        self._it = interp_mod.Interpreter(model_path=str(path), num_threads=target.runtime.threads)
+        self._it = interp_mod.Interpreter(model_path=str(path), num_threads=target.runtime.threads,
+                                          **interpreter_options)
         self._it.allocate_tensors()
         self.load_seconds = time.perf_counter() - t0
         self._in = self._it.get_input_details()[0]
@@ -37,6 +40,10 @@ class LiteRTSession(Session):
         import importlib.metadata as md
 
         self.executor = f"ai-edge-litert {md.version('ai-edge-litert')} (XNNPACK, {target.runtime.threads} thread(s))"
+
+    @property
+    def interpreter(self) -> Any:
+        return self._it
 
     @staticmethod
     def _scale_zp(details: dict) -> tuple[float, int]:
