@@ -92,6 +92,11 @@ class StageCache:
     def folder(self, stage: str, key: str) -> Path:
         return self.root / f"{stage}-{key}"
 
+    def partial(self, stage: str, key: str) -> Path:
+        """Where an unfinished run of the stage keeps what lets a rerun resume (epoch checkpoints).
+        Keyed like the entry itself; removed when the entry is complete."""
+        return self.root / "partial" / f"{stage}-{key}"
+
     def verify(self, folder: Path) -> tuple[dict[str, Any] | None, str]:
         """(record, '') for an intact entry, else (None, why not)."""
         try:
@@ -134,6 +139,7 @@ class StageCache:
             atomic_write_text(tmp / DONE, json.dumps(done, indent=2, default=float))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
+            shutil.rmtree(self.partial(stage, key), ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final, record, False

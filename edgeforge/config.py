@@ -127,6 +127,16 @@ class QatConfig(Strict):
     seed: Seed = 0
 
 
+class TrainConfig(Strict):
+    """Where and how the training stages run (teacher inference, distillation, QAT)."""
+
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                        description="auto | cpu | cuda | cuda:N | mps; auto takes a GPU when there is one. Under "
+                        "torchrun, cuda means cuda:LOCAL_RANK")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast for teacher inference and distillation; QAT always trains in fp32")
+
+
 GateConfig = GateSpec  # the build's gate: defaults for every target (DEFAULT_GATE fills what is unset)
 
 
@@ -155,6 +165,7 @@ class BuildConfig(Strict):
     data: DataConfig
     distill: DistillConfig = Field(default_factory=DistillConfig)
     qat: QatConfig = Field(default_factory=QatConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     targets: list[str] = Field(min_length=1)
     target_dirs: list[str] = Field(default_factory=list, description="extra folders of target profiles")
     gate: GateConfig = Field(default_factory=GateConfig)

@@ -11,8 +11,9 @@ from torch import nn
 
 from .config import DistillConfig, HintConfig
 from .data import DataBundle
+from .devices import on_device
 from .errors import ConfigError
-from .training import TrainResult, fit, kd_loss, make_optimizer, predict
+from .training import TrainContext, TrainResult, fit, kd_loss, make_optimizer, teacher_logits
 
 
 class FeatureTap:
@@ -57,6 +58,18 @@ class HintAdapter(nn.Module):
         return y
 
 
+class _WithAdapters(nn.Module):
+    """The student and its hint adapters as one module, so DDP all-reduces the adapters' gradients too."""
+
+    def __init__(self, student: nn.Module, adapters: nn.ModuleList) -> None:
+        super().__init__()
+        self.student = student
+        self.adapters = adapters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+
 @dataclass
 class DistillOutput:
     student: nn.Module
@@ -64,7 +77,10 @@ class DistillOutput:
 
 
 def distill(teacher: nn.Module, student: nn.Module, data: DataBundle, cfg: DistillConfig, *,
-            augmented: bool, show_progress: bool) -> DistillOutput:
+            augmented: bool, show_progress: bool, ctx: TrainContext | None = None) -> DistillOutput:
+    """Train ``student`` against ``teacher`` on ``ctx``'s device (autocast in its precision, data-parallel
+    over its ranks); the student comes back on the CPU holding its best epoch's weights."""
+    ctx = ctx or TrainContext()
     torch.manual_seed(cfg.seed)
     teacher.eval()
     hints: list[HintConfig] = cfg.hints
@@ -80,17 +96,28 @@ def distill(teacher: nn.Module, student: nn.Module, data: DataBundle, cfg: Disti
         for h in hints:
             adapters.append(HintAdapter(s_tap.outputs[h.student], t_tap.outputs[h.teacher]))  # type: ignore[union-attr]
 
+    with on_device(teacher, ctx.compute.device):
+        result = _train(teacher, student, adapters, (t_tap, s_tap), data, cfg, augmented, show_progress, ctx)
+    student.cpu().load_state_dict(result.best_state)
+    ctx.ranks.same_state(student, "distilled students")
+    return DistillOutput(student.eval(), result)
+
+
+def _train(teacher: nn.Module, student: nn.Module, adapters: nn.ModuleList, taps: tuple[FeatureTap | None, ...],
+           data: DataBundle, cfg: DistillConfig, augmented: bool, show_progress: bool, ctx: TrainContext) -> TrainResult:
+    hints, (t_tap, s_tap) = cfg.hints, taps
+    net = ctx.ranks.wrap(_WithAdapters(student, adapters).to(ctx.compute.device))
     # Without augmentation the teacher's logits never change: compute them once, not every epoch.
     # Feature hints need the teacher's intermediate features per batch, so they bypass the cache.
-    cache = None if (augmented or hints) else predict(teacher, data.train.x)
+    cache = None if (augmented or hints) else teacher_logits(teacher, data.train.x, ctx)
 
     def step_loss(idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if cache is not None:
-            t_logits = cache[idx]
+            t_logits = cache[idx].to(x.device)
         else:
             with torch.no_grad():
                 t_logits = teacher(x)
-        s_logits = student(x)
+        s_logits = net(x)
         loss = kd_loss(s_logits, t_logits, y, cfg.temperature, cfg.alpha)
         for h, adapter in zip(hints, adapters, strict=True):
             s_f = adapter(s_tap.outputs[h.student])  # type: ignore[union-attr]
@@ -101,12 +128,11 @@ def distill(teacher: nn.Module, student: nn.Module, data: DataBundle, cfg: Disti
     params = list(student.parameters()) + list(adapters.parameters())
     opt = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
     try:
-        result = fit(student, train=data.train, val=data.val, step_loss=step_loss, optimizer=opt,
-                     epochs=cfg.epochs, batch_size=cfg.batch_size, schedule=cfg.schedule,
-                     warmup=cfg.warmup_epochs, seed=cfg.seed, stage="distill", show_progress=show_progress)
+        return fit(student, train=data.train, val=data.val, step_loss=step_loss, optimizer=opt,
+                   epochs=cfg.epochs, batch_size=cfg.batch_size, schedule=cfg.schedule, warmup=cfg.warmup_epochs,
+                   seed=cfg.seed, stage="distill", show_progress=show_progress, ctx=ctx,
+                   extra=adapters if hints else None)
     finally:
         for tap in (t_tap, s_tap):
             if tap is not None:
                 tap.close()
-    student.load_state_dict(result.best_state)
-    return DistillOutput(student.eval(), result)

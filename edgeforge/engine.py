@@ -28,6 +28,9 @@ class Stage(ABC, Generic[T]):
 
     kind: str = ""
     cacheable: bool = True
+    # Set by the engine before ``produce``: a folder of this stage's key that outlives a killed run
+    # (epoch checkpoints); the engine removes it once the stage's output is complete.
+    resume_dir: Path | None = None
 
     def __init__(self, name: str | None = None, after: Sequence[str] = ()) -> None:
         self.name = name or self.kind
@@ -97,6 +100,7 @@ class Engine:
         try:
             if stage.cacheable:
                 key = self.key_of(stage)
+                stage.resume_dir = self.cache.partial(stage.kind, key)
                 folder, record, cached = self.cache.run(stage.kind, key, lambda f: self._produce(stage, f, inputs),
                                                         on_invalid=lambda why: self.log(f"[{stage.name}] {why}"))
                 value = stage.load(folder, record, inputs)
@@ -123,6 +127,10 @@ class Engine:
         if start:
             self.log(f"[{stage.name}] {start}")
         return stage.produce(folder, inputs)
+
+    def is_cached(self, stage: Stage[Any]) -> bool:
+        """Whether ``run`` would load the stage from an intact cache entry instead of producing it."""
+        return stage.cacheable and self.cache.lookup(stage.kind, self.key_of(stage)) is not None
 
     def try_run(self, stage: Stage[T]) -> Outcome[T] | EdgeforgeError:
         """Run a stage whose failure must not stop the others (a target's); the failure is recorded."""

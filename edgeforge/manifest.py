@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import atomic_write_text
 from .int8_speed import int8_slowdowns
-from .records import SCHEMA_VERSION, GateOutcome, Manifest, ModelRecord, TargetResult
+from .records import SCHEMA_VERSION, GateOutcome, Manifest, ModelRecord, TargetResult, Training
 from .validate import sha256_file
 
 if TYPE_CHECKING:
@@ -69,7 +69,12 @@ def make_manifest(plan: Plan, engine: Engine, outcomes: dict[str, Outcome[Any]],
         seed={"distill": cfg.distill.seed, "qat": cfg.qat.seed},
         stage_seconds={**{r.name: r.seconds for r in engine.runs}, "total": seconds},
         stages=stages, models=_models(plan, outcomes, out_dir), targets=targets,
-        gate=GateOutcome(False, errors, failures), exit_code=1)
+        gate=GateOutcome(False, errors, failures), exit_code=1, training=_training(plan))
+
+
+def _training(plan: Plan) -> Training:
+    c, r = plan.compute, plan.ranks
+    return Training(str(c.device), c.name(), c.precision, processes=r.world, backend=r.backend)  # type: ignore[arg-type]
 
 
 def write_outputs(plan: Plan, engine: Engine, outcomes: dict[str, Outcome[Any]], targets: list[TargetResult],

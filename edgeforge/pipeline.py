@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,23 @@ def preflight(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | 
 
 def build(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | None = None,
           targets: list[str] | None = None, all_targets: bool = False, log: Log = _stderr) -> BuildResult:
+    """Run a build. Under torchrun every rank trains; rank 0 alone writes, exports and validates."""
+    from .distributed import join, leave
+
     t_start = time.perf_counter()
     lc, plan = _load(config, overrides, targets, all_targets)
-    out_dir = lc.output_dir
-    _claim_output(out_dir, lc.root, log)
+    plan = replace(plan, ranks=join(plan.compute))
+    try:
+        if not plan.ranks.leader:
+            return _train_as_worker(plan)
+        return _build_as_leader(plan, t_start, log)
+    finally:
+        leave(plan.ranks)
+
+
+def _build_as_leader(plan: Plan, t_start: float, log: Log) -> BuildResult:
+    out_dir = plan.lc.output_dir
+    _claim_output(out_dir, plan.lc.root, log)
     from .lock import OutputLock
 
     try:
@@ -78,6 +91,31 @@ def build(config: str | Path | LoadedConfig, *, overrides: dict[str, Any] | None
         where = exc.filename or out_dir
         raise EdgeforgeError(f"output: cannot write {where} ({exc.strerror or exc})",
                              fix="free space or set a different 'output' (finished stages stay cached)") from None
+
+
+TRAINING = ("distill", "qat")
+
+
+def _train_as_worker(plan: Plan) -> BuildResult:
+    """A rank other than 0: train the stages rank 0 does not find in its cache, write nothing, exit 0."""
+    if plan.ranks.broadcast_object(None):
+        DistillStage(plan).train()
+    if plan.ranks.broadcast_object(None):
+        student = plan.new_student()
+        plan.ranks.broadcast_state(student)  # rank 0's distilled student, trained now or from its cache
+        QatStage(plan).train(student)
+    out = plan.lc.output_dir
+    return BuildResult(EXIT_OK, out / "manifest.json", out / "report.md")
+
+
+def _run_model_stage(engine: Engine, plan: Plan, stage: Stage[Any]) -> Outcome[Any]:
+    """Rank 0 tells the other ranks whether a training stage runs (not cached) before it runs it."""
+    if plan.ranks.active and stage.kind in TRAINING:
+        runs = not engine.is_cached(stage)
+        plan.ranks.broadcast_object(runs)
+        if runs and stage.kind == "qat":
+            plan.ranks.broadcast_state(engine.outputs["distill"])
+    return engine.run(stage)
 
 
 def _claim_output(out_dir: Path, config_dir: Path, log: Log) -> None:
@@ -96,7 +134,7 @@ def _claim_output(out_dir: Path, config_dir: Path, log: Log) -> None:
 
 def model_stages(plan: Plan, log: Log) -> list[Stage[Any]]:
     pre: list[Stage[Any]] = [PreflightStage(plan, log)] if plan.lc.config.preflight else []
-    return [*pre, DistillStage(plan), QatStage(plan), ReferenceStage(plan)]
+    return [*pre, DistillStage(plan, log), QatStage(plan, log), ReferenceStage(plan)]
 
 
 def target_stages(plan: Plan, target: TargetProfile) -> list[Stage[Any]]:
@@ -104,14 +142,15 @@ def target_stages(plan: Plan, target: TargetProfile) -> list[Stage[Any]]:
 
 
 def _build_locked(plan: Plan, out_dir: Path, t_start: float, log: Log) -> BuildResult:
-    d = plan.data
+    d, c, r = plan.data, plan.compute, plan.ranks
     log(f"[plan] {len(plan.targets)} target(s): {', '.join(t.name for t in plan.targets)}; "
-        f"data {len(d.train)}/{len(d.val)}/{len(d.test)} (train/val/test), {d.num_classes} classes")
+        f"data {len(d.train)}/{len(d.val)}/{len(d.test)} (train/val/test), {d.num_classes} classes; "
+        f"training on {c.device} ({c.precision}{f', {r.world} ranks, {r.backend}' if r.active else ''})")
     engine = Engine(StageCache(out_dir / "cache"), log)
     stages = model_stages(plan, log)
     per_target = {t.name: target_stages(plan, t) for t in plan.targets}
     check_order([*stages, *(s for ss in per_target.values() for s in ss)])
-    outcomes = {s.name: engine.run(s) for s in stages}
+    outcomes = {s.name: _run_model_stage(engine, plan, s) for s in stages}
     atomic_copy(engine.cache.folder("distill", engine.keys["distill"]) / "student.pt", out_dir / "student_float.pt")
     atomic_copy(engine.cache.folder("qat", engine.keys["qat"]) / "student_qat.pt2", out_dir / "student_qat.pt2")
     results = [_run_target(engine, plan, t, per_target[t.name], out_dir, log) for t in plan.targets]

@@ -11,7 +11,7 @@ import copy
 import hashlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from torch import nn
 from .carrier import Carrier
 from .config import CalibrationConfig, LoadedConfig
 from .data import DataBundle, Split, calibration_split, load_data
+from .devices import Compute
+from .distributed import Ranks, resolve_compute
 from .errors import ConfigError, EdgeforgeError
 from .exporters import exporter_class
 from .factories import add_search_paths
@@ -29,6 +31,7 @@ from .fingerprint import code_digest
 from .gate_spec import DEFAULT_GATE, GateSpec
 from .models.loading import build_student, check_outputs, load_teacher
 from .targets import TargetProfile, resolve
+from .training import TrainContext
 from .validate import sha256_file
 
 Log = Callable[[str], None]
@@ -47,6 +50,8 @@ class Plan:
     student_digest: str  # its code, config and initial weights
     data_code: str | None  # the data factory's code, if any
     calibration: CalibrationConfig
+    compute: Compute = field(default_factory=Compute)  # train.device resolved, train.precision
+    ranks: Ranks = field(default_factory=Ranks)  # the torchrun job, once the pipeline has joined it
 
     def new_student(self) -> nn.Module:
         return copy.deepcopy(self.student_init)
@@ -63,6 +68,17 @@ class Plan:
 
     def data_identity(self) -> dict[str, Any]:
         return {"data": self.data.digest(), "data_code": self.data_code}
+
+    def train_context(self, resume_dir: Path | None, log: Callable[[str], None] | None) -> TrainContext:
+        from .resume import EpochCheckpoint
+
+        return TrainContext(self.compute, self.ranks, EpochCheckpoint(resume_dir, self.ranks), log)
+
+    def training_identity(self, *, precision: bool) -> dict[str, Any]:
+        """What of the hardware decides a training stage's result: the device kind, autocast, the rank count
+        (a GPU's or a 2-rank run's weights differ from a CPU's; a cached CPU result is not reused for them)."""
+        out: dict[str, Any] = {"device": self.compute.device.type, "world": self.ranks.world}
+        return {**out, "precision": self.compute.precision} if precision else out
 
 
 def _state_digest(model: nn.Module) -> tuple[str, int]:
@@ -129,6 +145,7 @@ def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:
     """Everything that can be checked before training: targets, exporters, data, models, shapes."""
     cfg = lc.config
     add_search_paths([lc.root, Path.cwd()])
+    compute = resolve_compute(cfg.train.device, cfg.train.precision)  # a missing GPU fails before anything loads
     targets, gates = resolve_targets(lc, target_names)
     data = load_data(lc)
     calibration = lc.calibration()  # parse errors surface now, not after training
@@ -141,7 +158,7 @@ def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:
     check_outputs(student, example, data.num_classes, "student")
     digest, nbytes = _teacher_identity(lc, teacher)
     return Plan(lc, targets, gates, data, teacher, student, digest, nbytes, _student_identity(lc, student),
-                code_digest(cfg.data.factory), calibration)
+                code_digest(cfg.data.factory), calibration, compute)
 
 
 def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:

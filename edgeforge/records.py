@@ -144,6 +144,19 @@ class ModelRecord:
 
 
 @dataclass
+class Training(Record):
+    """Where the training stages ran: ``precision`` is the autocast of teacher inference and distillation;
+    QAT always trains in fp32 and its carrier is converted on the CPU. ``processes``: torchrun ranks."""
+
+    device: str  # as torch names it: cpu, cuda:0, mps
+    device_name: str  # the GPU's name, or the device kind
+    precision: Literal["fp32", "bf16", "fp16"]
+    qat_precision: Literal["fp32"] = "fp32"
+    processes: int = 1
+    backend: str | None = None  # gloo or nccl under torchrun
+
+
+@dataclass
 class Comparison:
     """One regression check of a target against a baseline build."""
 
@@ -197,6 +210,7 @@ class Manifest:
     gate: GateOutcome
     exit_code: int
     regression: dict[str, Any] | None = None
+    training: Training | None = None
     int8_slower: list[Int8Slowdown] = field(default_factory=list)  # int8 slower than fp32 on this host
 
     def to_json_dict(self) -> dict[str, Any]:

@@ -10,17 +10,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .cache import save_torch
-from .engine import Stage
+from .engine import Log, Stage
 from .errors import EdgeforgeError
 from .plan import Plan, versions
 from .training import NonFiniteLoss, progress_enabled
+
+if TYPE_CHECKING:
+    from .distill import DistillOutput
+    from .quant.qat import QatOutput
 
 
 def _keep_last_good(exc: NonFiniteLoss, path: Path) -> EdgeforgeError:
@@ -37,7 +41,8 @@ def _best_epoch(record: dict[str, Any]) -> str:
 
 def _training_record(r: Any) -> dict[str, Any]:
     return {"best_epoch": r.best_epoch, "best_val_top1": r.best_val_top1, "seconds": r.seconds,
-            "samples_per_second": r.samples_per_second, "history": [vars(h) for h in r.history]}
+            "samples_per_second": r.samples_per_second, "resumed_at_epoch": r.resumed_at,
+            "history": [vars(h) for h in r.history]}
 
 
 class PreflightStage(Stage[dict[str, Any]]):
@@ -75,25 +80,31 @@ class PreflightStage(Stage[dict[str, Any]]):
 class DistillStage(Stage[nn.Module]):
     kind = "distill"
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, log: Log | None = None) -> None:
         super().__init__()
         self.plan = plan
+        self.log = log
 
     def key_inputs(self) -> dict[str, Any]:
         cfg = self.plan.lc.config
         return {"config": cfg.distill.model_dump(mode="json"), "student": self.plan.student_digest,
-                "teacher": self.plan.teacher_digest, "augmented": cfg.data.augmented, **self.plan.data_identity()}
+                "teacher": self.plan.teacher_digest, "augmented": cfg.data.augmented, **self.plan.data_identity(),
+                "train": self.plan.training_identity(precision=True)}
 
-    def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
+    def train(self) -> DistillOutput:
+        """Distil (on every rank of a torchrun job); resumes from this stage's epoch checkpoint if there is one."""
         from .distill import distill
 
-        assert folder is not None
         p, cfg = self.plan, self.plan.lc.config
         try:
-            out = distill(p.teacher, p.new_student(), p.data, cfg.distill, augmented=cfg.data.augmented,
-                          show_progress=progress_enabled(cfg.progress))
+            return distill(p.teacher, p.new_student(), p.data, cfg.distill, augmented=cfg.data.augmented,
+                           show_progress=progress_enabled(cfg.progress), ctx=p.train_context(self.resume_dir, self.log))
         except NonFiniteLoss as exc:
             raise _keep_last_good(exc, p.lc.output_dir / "student_float.last_good.pt") from None
+
+    def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
+        assert folder is not None
+        out = self.train()
         save_torch(out.student.state_dict(), folder / "student.pt")
         return _training_record(out.result)
 
@@ -116,28 +127,37 @@ class QatStage(Stage[torch.fx.GraphModule]):
 
     kind = "qat"
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, log: Log | None = None) -> None:
         super().__init__(after=("distill",))
         self.plan = plan
+        self.log = log
 
     def key_inputs(self) -> dict[str, Any]:
         cfg = self.plan.lc.config
         return {"config": cfg.qat.model_dump(mode="json"), "calibration": self.plan.calibration.model_dump(mode="json"),
-                "teacher": self.plan.teacher_digest, **self.plan.data_identity()}
+                "teacher": self.plan.teacher_digest, **self.plan.data_identity(),
+                "train": self.plan.training_identity(precision=False)}
+
+    def train(self, student: nn.Module) -> QatOutput:
+        """QAT of ``student`` (on every rank of a torchrun job; every rank ends with the same carrier)."""
+        from .quant.qat import quantization_aware_training
+
+        p, cfg = self.plan, self.plan.lc.config
+        try:
+            return quantization_aware_training(
+                student, p.teacher, p.data, p.calibration_split, cfg.qat, temperature=cfg.distill.temperature,
+                alpha=cfg.distill.alpha, show_progress=progress_enabled(cfg.progress),
+                ctx=p.train_context(self.resume_dir, self.log))
+        except NonFiniteLoss as exc:
+            raise _keep_last_good(exc, p.lc.output_dir / "student_qat.last_good.pt") from None
 
     def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
-        from .quant.qat import quantization_aware_training, save_carrier
+        from .quant.qat import save_carrier
 
         assert folder is not None
         p, cfg = self.plan, self.plan.lc.config
-        cal = p.calibration
-        calib = p.calibration_split
-        try:
-            out = quantization_aware_training(
-                inputs["distill"], p.teacher, p.data, calib, cfg.qat, temperature=cfg.distill.temperature,
-                alpha=cfg.distill.alpha, show_progress=progress_enabled(cfg.progress))
-        except NonFiniteLoss as exc:
-            raise _keep_last_good(exc, p.lc.output_dir / "student_qat.last_good.pt") from None
+        cal, calib = p.calibration, p.calibration_split
+        out = self.train(inputs["distill"])
         save_carrier(out.converted, p.data.train.x, str(folder / "student_qat.pt2"))
         return {**_training_record(out.result), "convert_max_abs_diff": out.convert_max_diff,
                 "quantize_ops": out.quantized_ops, "post_training_only": cfg.qat.epochs == 0,

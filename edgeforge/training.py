@@ -14,8 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Split
+from .devices import Compute
+from .distributed import Ranks
 from .errors import EdgeforgeError
 from .progress import Progress
+from .resume import EpochCheckpoint
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
@@ -24,19 +27,32 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, l
 
     The T^2 factor keeps the soft term's gradients on the same scale as the hard term's when T changes.
     """
+    student_logits = student_logits.float()  # autocast's bf16/fp16 logits: the loss is taken in fp32
     hard = F.cross_entropy(student_logits, labels)
     if teacher_logits is None or alpha == 0:
         return hard
     t = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits.float() / t, dim=1),
                     reduction="batchmean", log_target=True) * (t * t)
     return alpha * soft + (1 - alpha) * hard
 
 
 @torch.no_grad()
-def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    outs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    return torch.cat(outs).float()
+def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256,
+            compute: Compute | None = None) -> torch.Tensor:
+    """Logits of ``x`` (CPU, fp32); with ``compute``, batches run on its device under its autocast."""
+    if compute is None:
+        outs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        return torch.cat(outs).float()
+    with compute.autocast():
+        outs = [model(x[i : i + batch_size].to(compute.device)).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs)
+
+
+def teacher_logits(teacher: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+    """The teacher's logits for a whole split: each rank computes its slice, then every rank holds all."""
+    part = ctx.ranks.split_rows(len(x))
+    return ctx.ranks.gather_rows(predict(teacher, x[part], compute=ctx.compute), len(x))
 
 
 def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -48,9 +64,13 @@ def progress_enabled(flag: bool) -> bool:
     return flag
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+def batches(n: int, batch_size: int, generator: torch.Generator, ranks: Ranks | None = None) -> Iterator[torch.Tensor]:
+    """A new order every epoch from ``generator`` (the same on every rank, like DistributedSampler.set_epoch),
+    each rank taking its shard of it."""
     perm = torch.randperm(n, generator=generator)
-    for i in range(0, n, batch_size):
+    if ranks is not None:
+        perm = ranks.shard(perm)
+    for i in range(0, len(perm), batch_size):
         yield perm[i : i + batch_size]
 
 
@@ -82,6 +102,7 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
     samples_per_second: float = 0.0
+    resumed_at: int | None = None  # the epoch (1-based) a rerun picked up at, from an interrupted run's checkpoint
 
 
 class NonFiniteLoss(EdgeforgeError):
@@ -97,23 +118,121 @@ class _LossNotFinite(Exception):
         self.value = value
 
 
-def _one_epoch(train: Split, step_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-               optimizer: torch.optim.Optimizer, batch_size: int, g: torch.Generator,
-               progress: Progress) -> tuple[float, int]:
-    """One pass over the training split; returns (summed loss, samples)."""
-    total, count = 0.0, 0
-    n_batches = (len(train) + batch_size - 1) // batch_size
-    for i, idx in enumerate(batches(len(train), batch_size, g)):
-        progress.tick(i, n_batches)
-        loss = step_loss(idx, train.x[idx], train.y[idx])
-        if not torch.isfinite(loss):
-            raise _LossNotFinite(loss.item())
-        optimizer.zero_grad(set_to_none=True)
+StepLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TrainContext:
+    """Where a training loop runs: device and precision, the ranks of a torchrun job, its epoch checkpoint."""
+
+    compute: Compute = field(default_factory=Compute)
+    ranks: Ranks = field(default_factory=Ranks)
+    checkpoint: EpochCheckpoint | None = None
+    log: Callable[[str], None] | None = None
+
+
+def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
         loss.backward()
         optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def _one_epoch(train: Split, step_loss: StepLoss, optimizer: torch.optim.Optimizer, batch_size: int,
+               g: torch.Generator, progress: Progress, ctx: TrainContext,
+               scaler: torch.amp.GradScaler | None) -> tuple[float, int]:
+    """One pass over this rank's shard of the training split; returns (summed loss, samples) over all ranks."""
+    total, count = 0.0, 0
+    dev = ctx.compute.device
+    n_batches = (-(-len(train) // ctx.ranks.world) + batch_size - 1) // batch_size
+    for i, idx in enumerate(batches(len(train), batch_size, g, ctx.ranks)):
+        progress.tick(i, n_batches)
+        with ctx.compute.autocast():
+            loss = step_loss(idx, train.x[idx].to(dev), train.y[idx].to(dev))
+        finite = bool(torch.isfinite(loss))
+        if not ctx.ranks.all_true(finite):  # decided together: one rank's NaN stops every rank
+            raise _LossNotFinite(loss.item() if not finite else float("nan"))
+        _step(loss, optimizer, scaler)
         total += loss.item() * len(idx)
         count += len(idx)
-    return total, count
+    total, n = ctx.ranks.sum(total, count)
+    return total, int(n)
+
+
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], val: Split, ctx: TrainContext) -> float:
+    """Top-1 on val; under torchrun each rank scores a slice and the counts are summed (one number everywhere)."""
+    if not ctx.ranks.active:
+        return top1(predict(model, val.x, compute=ctx.compute), val.y)
+    part = ctx.ranks.split_rows(len(val))
+    logits = predict(model, val.x[part], compute=ctx.compute)
+    return ctx.ranks.sum(float((logits.argmax(1) == val.y[part]).sum()))[0] / len(val)
+
+
+@dataclass
+class _Loop:
+    """What an epoch checkpoint holds besides the model: optimizer, data order, RNG, loss scaler, best so far."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    scaler: torch.amp.GradScaler | None
+    extra: nn.Module | None
+    result: TrainResult
+    seen: int = 0
+
+    def snapshot(self, epoch: int) -> dict[str, Any]:
+        r = self.result
+        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "scaler": self.scaler.state_dict() if self.scaler else {},
+                "extra": self.extra.state_dict() if self.extra is not None else {},
+                "best_state": r.best_state, "best_epoch": r.best_epoch, "best_val_top1": r.best_val_top1,
+                "history": [vars(h) for h in r.history], "seen": self.seen}
+
+    def restore(self, state: dict[str, Any]) -> int:
+        """Load a snapshot; returns the number of finished epochs."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.extra is not None:
+            self.extra.load_state_dict(state["extra"])
+        r = self.result
+        r.best_state, r.best_epoch, r.best_val_top1 = state["best_state"], state["best_epoch"], state["best_val_top1"]
+        r.history = [EpochRecord(**h) for h in state["history"]]
+        self.seen = state["seen"]
+        r.resumed_at = int(state["epoch"]) + 1
+        return int(state["epoch"])
+
+
+def _resume(loop: _Loop, ctx: TrainContext, stage: str, epochs: int) -> int:
+    state = ctx.checkpoint.load() if ctx.checkpoint is not None else None
+    if state is None:
+        return 0
+    done = loop.restore(state)
+    if ctx.log is not None and ctx.ranks.leader:
+        ctx.log(f"[{stage}] resuming at epoch {done + 1}/{epochs} (epochs 1-{done} were saved by an interrupted run)")
+    return done
+
+
+def _end_epoch(loop: _Loop, rec: EpochRecord, ctx: TrainContext) -> None:
+    """Record the epoch, keep the best state (ties: the later epoch), save the checkpoint."""
+    result = loop.result
+    result.history.append(rec)
+    if rec.val_top1 >= result.best_val_top1:
+        result.best_val_top1, result.best_epoch = rec.val_top1, rec.epoch
+        result.best_state = copy.deepcopy(loop.model.state_dict())
+    if ctx.checkpoint is not None:
+        ctx.checkpoint.save(loop.snapshot(rec.epoch))
 
 
 def fit(
@@ -121,7 +240,7 @@ def fit(
     *,
     train: Split,
     val: Split,
-    step_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    step_loss: StepLoss,
     optimizer: torch.optim.Optimizer,
     epochs: int,
     batch_size: int,
@@ -133,19 +252,25 @@ def fit(
     train_mode: Callable[[nn.Module], object] = nn.Module.train,
     eval_mode: Callable[[nn.Module], object] = nn.Module.eval,
     on_epoch_start: Callable[[int], None] | None = None,
+    ctx: TrainContext | None = None,
+    extra: nn.Module | None = None,
 ) -> TrainResult:
     """Train for ``epochs``; evaluate on val each epoch; keep the best state (ties: the later epoch).
 
-    ``step_loss(idx, x, y)`` returns the loss of one batch; ``idx`` indexes the training split so
-    callers can look up cached teacher outputs.
+    ``step_loss(idx, x, y)`` returns the loss of one batch (``x``, ``y`` on the training device);
+    ``idx`` indexes the training split so callers can look up cached teacher outputs. ``extra``:
+    modules trained beside the model (hint adapters), saved with it in the epoch checkpoint.
     """
-    g = torch.Generator().manual_seed(seed)
-    base_lrs = [grp["lr"] for grp in optimizer.param_groups]
-    result = TrainResult(best_state={}, best_epoch=-1, best_val_top1=-1.0)
-    seen = 0
+    ctx = ctx or TrainContext()
+    base_lrs = [grp["lr"] for grp in optimizer.param_groups]  # before a checkpoint's decayed lrs are loaded
+    loop = _Loop(model, optimizer, torch.Generator().manual_seed(seed), ctx.compute.scaler(), extra,
+                 TrainResult(best_state={}, best_epoch=-1, best_val_top1=-1.0))
+    first = _resume(loop, ctx, stage, epochs)
+    result = loop.result
     start = time.perf_counter()
-    progress = Progress(stage, epochs, enabled=show_progress)
-    for epoch in range(epochs):
+    progress = Progress(stage, epochs, enabled=show_progress and ctx.ranks.leader)
+    progress.current = first
+    for epoch in range(first, epochs):
         t0 = time.perf_counter()
         factor = lr_factor(schedule, epoch, epochs, warmup)
         for grp, base in zip(optimizer.param_groups, base_lrs, strict=True):
@@ -154,23 +279,22 @@ def fit(
             on_epoch_start(epoch)
         train_mode(model)
         try:
-            total, count = _one_epoch(train, step_loss, optimizer, batch_size, g, progress)
+            total, count = _one_epoch(train, step_loss, optimizer, batch_size, loop.generator, progress, ctx,
+                                      loop.scaler)
         except _LossNotFinite as exc:
             progress.close()
             raise NonFiniteLoss(f"{stage}: the loss became {exc.value} at epoch {epoch + 1}; lower {stage}.lr",
                                 result.best_state) from None
-        seen += count
+        loop.seen += count
+        ctx.ranks.sync_buffers(model)
         eval_mode(model)
-        acc = top1(predict(model, val.x), val.y)
-        rec = EpochRecord(epoch + 1, total / max(count, 1), acc, base_lrs[0] * factor, time.perf_counter() - t0)
-        result.history.append(rec)
-        if acc >= result.best_val_top1:
-            result.best_val_top1, result.best_epoch = acc, epoch + 1
-            result.best_state = copy.deepcopy(model.state_dict())
-        progress.epoch(epoch + 1, loss=rec.loss, val_top1=acc)
+        rec = EpochRecord(epoch + 1, total / max(count, 1), evaluate(model, val, ctx), base_lrs[0] * factor,
+                          time.perf_counter() - t0)
+        _end_epoch(loop, rec, ctx)
+        progress.epoch(epoch + 1, loss=rec.loss, val_top1=rec.val_top1)
     progress.close()
     result.seconds = time.perf_counter() - start
-    result.samples_per_second = seen / result.seconds if result.seconds else 0.0
+    result.samples_per_second = (loop.seen / result.seconds) if result.seconds else 0.0
     return result
 
 

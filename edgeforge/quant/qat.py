@@ -8,9 +8,10 @@ learned scales). The converted graph is the carrier every int8 exporter reads.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,15 @@ from torch.export import Dim
 from ..cache import atomic_write_bytes
 from ..config import QatConfig
 from ..data import DataBundle, Split
+from ..devices import exact_fp32, on_device
 from ..errors import ModelError
-from ..training import TrainResult, fit, kd_loss, make_optimizer, predict, top1
+from ..training import TrainContext, TrainResult, fit, kd_loss, make_optimizer, predict, teacher_logits, top1
 from .quantizer import Int8Quantizer, Int8Scheme
 
 
 def export_for_training(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """torch.export with a dynamic batch (an example batch of 1 would specialise the graph to 1)."""
-    ex = example[:2] if len(example) >= 2 else example.repeat(2, *([1] * (example.ndim - 1)))
+    ex = example[:2].clone() if len(example) >= 2 else example.repeat(2, *([1] * (example.ndim - 1)))
     try:
         ep = torch.export.export(model, (ex,), dynamic_shapes=({0: Dim("batch", min=1, max=1 << 16)},))
     except Exception as exc:
@@ -61,26 +63,64 @@ def _set_fake_quant(model: nn.Module, *, observe: bool, quantize: bool, learn: b
             m.enable_observer(observe)
 
 
-def quantization_aware_training(
-    student: nn.Module, teacher: nn.Module | None, data: DataBundle, calibration: Split, cfg: QatConfig, *,
-    temperature: float, alpha: float, show_progress: bool,
-) -> QatOutput:
-    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+def _prepare(student: nn.Module, data: DataBundle, calibration: Split, cfg: QatConfig) -> torch.fx.GraphModule:
+    """Export, prepare and range-initialise on the CPU: every rank and every device starts from the same ranges."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    torch.manual_seed(cfg.seed)
     scheme = Int8Scheme(learn_activation_ranges=cfg.learn_ranges, range_init=cfg.range_init,
                         weight_bits=4 if cfg.scheme == "w4a8" else 8)
-    gm = export_for_training(copy.deepcopy(student).train(), data.train.x)
+    gm = export_for_training(copy.deepcopy(student).cpu().train(), data.train.x)
     prepared = prepare_qat_pt2e(gm, Int8Quantizer(scheme))
-
     # Range initialisation: observe the calibration set with fake-quant off and BN in eval mode,
     # so the first QAT step starts from calibrated scales instead of one batch's statistics.
     move_exported_model_to_eval(prepared)
     _set_fake_quant(prepared, observe=True, quantize=False, learn=False)
     predict(prepared, calibration.x, 64)
     _set_fake_quant(prepared, observe=not cfg.learn_ranges, quantize=True, learn=cfg.learn_ranges)
+    return prepared
 
+
+def quantization_aware_training(
+    student: nn.Module, teacher: nn.Module | None, data: DataBundle, calibration: Split, cfg: QatConfig, *,
+    temperature: float, alpha: float, show_progress: bool, ctx: TrainContext | None = None,
+) -> QatOutput:
+    """QAT in fp32 on ``ctx``'s device and ranks (its precision is not used); converted on the CPU."""
+    given = ctx or TrainContext()
+    ctx = replace(given, compute=given.compute.fp32())
+    torch.manual_seed(cfg.seed)
+    prepared = _prepare(student, data, calibration, cfg)
+    keep = teacher if cfg.keep_teacher and cfg.epochs > 0 else None
+    dev = ctx.compute.device
+    with exact_fp32(), (on_device(keep, dev) if keep is not None else contextlib.nullcontext()):
+        result = _fine_tune(prepared.to(dev), keep, data, cfg, temperature, alpha, show_progress, ctx)
+    prepared.cpu().load_state_dict(result.best_state)
+    converted, max_diff, n_q = _convert(prepared, data.val.x[:256])
+    ctx.ranks.same_everywhere(carrier_digest(converted), "QAT carriers")
+    return QatOutput(converted, result, max_diff, n_q)
+
+
+def _convert(prepared: torch.fx.GraphModule, probe: torch.Tensor) -> tuple[torch.fx.GraphModule, float, int]:
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    move_exported_model_to_eval(prepared)
+    _set_fake_quant(prepared, observe=False, quantize=True, learn=False)
+    before = predict(prepared, probe)
+    converted = convert_pt2e(prepared)
+    after = predict(converted, probe)
+    n_q = sum(1 for n in converted.graph.nodes if n.op == "call_function" and "quantize_per" in str(n.target))
+    return converted, float((before - after).abs().max()), n_q
+
+
+def _fine_tune(prepared: torch.fx.GraphModule, teacher: nn.Module | None, data: DataBundle, cfg: QatConfig,
+               temperature: float, alpha: float, show_progress: bool, ctx: TrainContext) -> TrainResult:
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+    if cfg.epochs == 0:  # PTQ: the calibrated ranges as they are, no fine-tuning
+        _set_fake_quant(prepared, observe=False, quantize=True, learn=False)
+        return TrainResult(best_state=prepared.state_dict(), best_epoch=0,
+                           best_val_top1=top1(predict(prepared, data.val.x, compute=ctx.compute), data.val.y))
     range_params = [p for n, p in prepared.named_parameters() if n.endswith((".scale", ".zero_point"))]
     range_ids = {id(p) for p in range_params}
     weights = [p for p in prepared.parameters() if id(p) not in range_ids]
@@ -89,13 +129,14 @@ def quantization_aware_training(
         groups.append({"params": range_params, "lr": cfg.lr * cfg.range_lr_ratio, "weight_decay": 0.0})
     opt = make_optimizer("adam", groups, cfg.lr, cfg.weight_decay)
 
-    use_teacher = cfg.keep_teacher and teacher is not None
-    cache = predict(teacher, data.train.x) if use_teacher and teacher is not None else None
+    cache = teacher_logits(teacher, data.train.x, ctx) if teacher is not None else None
     t = cfg.temperature or temperature
-    a = (cfg.alpha if cfg.alpha is not None else alpha) if use_teacher else 0.0
+    a = (cfg.alpha if cfg.alpha is not None else alpha) if teacher is not None else 0.0
+    # DDP over the prepared graph; .train()/.eval() raise on it, so modes switch on the graph itself
+    net = ctx.ranks.wrap(prepared)
 
     def step_loss(idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return kd_loss(prepared(x), cache[idx] if cache is not None else None, y, t, a)
+        return kd_loss(net(x), cache[idx].to(x.device) if cache is not None else None, y, t, a)
 
     def on_epoch_start(epoch: int) -> None:
         # With observed (not learned) ranges, freeze them for the last epoch so the final
@@ -103,30 +144,20 @@ def quantization_aware_training(
         if not cfg.learn_ranges and cfg.epochs > 1 and epoch == cfg.epochs - 1:
             _set_fake_quant(prepared, observe=False, quantize=True, learn=False)
 
-    if cfg.epochs == 0:  # PTQ: the calibrated ranges as they are, no fine-tuning
-        _set_fake_quant(prepared, observe=False, quantize=True, learn=False)
-        result = TrainResult(best_state=prepared.state_dict(), best_epoch=0,
-                             best_val_top1=top1(predict(prepared, data.val.x), data.val.y))
-    else:
-        result = fit(prepared, train=data.train, val=data.val, step_loss=step_loss, optimizer=opt,
-                     epochs=cfg.epochs, batch_size=cfg.batch_size, schedule="cosine", warmup=0, seed=cfg.seed,
-                     stage="qat", show_progress=show_progress,
-                     train_mode=move_exported_model_to_train, eval_mode=move_exported_model_to_eval,
-                     on_epoch_start=on_epoch_start)
-    prepared.load_state_dict(result.best_state)
-    move_exported_model_to_eval(prepared)
-    _set_fake_quant(prepared, observe=False, quantize=True, learn=False)
-    probe = data.val.x[:256]
-    before = predict(prepared, probe)
-    converted = convert_pt2e(prepared)
-    after = predict(converted, probe)
-    n_q = sum(1 for n in converted.graph.nodes if n.op == "call_function" and "quantize_per" in str(n.target))
-    return QatOutput(converted, result, float((before - after).abs().max()), n_q)
+    return fit(prepared, train=data.train, val=data.val, step_loss=step_loss, optimizer=opt,
+               epochs=cfg.epochs, batch_size=cfg.batch_size, schedule="cosine", warmup=0, seed=cfg.seed,
+               stage="qat", show_progress=show_progress, ctx=ctx,
+               train_mode=move_exported_model_to_train, eval_mode=move_exported_model_to_eval,
+               on_epoch_start=on_epoch_start)
 
 
 def save_carrier(converted: torch.fx.GraphModule, example: torch.Tensor, path: str) -> None:
-    """Save the converted QAT graph as a torch.export program (dynamic batch)."""
-    ex = example[:2]
+    """Save the converted QAT graph as a torch.export program (dynamic batch).
+
+    The example is cloned: a slice of the training split is a view, and the program file would
+    otherwise carry the whole split's storage (173 MB for Fashion-MNIST's 23 k-parameter student).
+    """
+    ex = example[:2].clone()
     ep = torch.export.export(converted, (ex,), dynamic_shapes=({0: Dim("batch", min=1, max=1 << 16)},))
     buf = io.BytesIO()  # through memory: torch's zip writer aborts the process on a full disk
     torch.export.save(ep, buf)
