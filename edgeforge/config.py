@@ -108,6 +108,16 @@ class DistillConfig(Strict):
     seed: Seed = 0
 
 
+class FallbackConfig(Strict):
+    """Float fallback: keep the layers int8 hurts most in float until QAT meets an accuracy budget."""
+
+    max_drop_points: float = Field(0.5, ge=0, description="allowed drop of the QAT simulation's metric below the "
+                                   "float student on the validation split, in points")
+    metric: Literal["top1"] = Field("top1", description="the metric the budget is measured in")
+    max_float_layers: PositiveInt = Field(3, description="at most this many conv/linear layers are kept float; "
+                                          "the build fails when they are not enough")
+
+
 class QatConfig(Strict):
     epochs: int = Field(5, ge=0, description="0: post-training quantization only (ranges from the calibration set)")
     batch_size: PositiveInt = 64
@@ -125,6 +135,10 @@ class QatConfig(Strict):
     temperature: PositiveFloat | None = None
     alpha: float | None = Field(None, ge=0, le=1)
     seed: Seed = 0
+    float_modules: list[str] = Field(default_factory=list, description="student modules (conv/linear, by name as "
+                                     "in named_modules) kept float in every int8 artifact")
+    fallback: FallbackConfig | None = Field(None, description="keep the layers int8 hurts most in float until QAT "
+                                            "is within max_drop_points of the float student")
 
 
 class TrainConfig(Strict):

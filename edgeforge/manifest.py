@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import atomic_write_text
 from .int8_speed import int8_slowdowns
-from .records import SCHEMA_VERSION, GateOutcome, Manifest, ModelRecord, TargetResult, Training
+from .records import SCHEMA_VERSION, Fallback, GateOutcome, Manifest, ModelRecord, TargetResult, Training
 from .validate import sha256_file
 
 if TYPE_CHECKING:
@@ -49,6 +49,11 @@ def _versions(plan: Plan) -> dict[str, str]:
     return versions(tuple(sorted({p for t in plan.targets for p in exporter_class(t.format).packages})))
 
 
+def _fallback(outcomes: dict[str, Outcome[Any]]) -> Fallback | None:
+    record = outcomes["qat"].record.get("fallback")
+    return Fallback.from_dict(record) if record else None
+
+
 def make_manifest(plan: Plan, engine: Engine, outcomes: dict[str, Outcome[Any]], targets: list[TargetResult],
                   out_dir: Path, seconds: float) -> Manifest:
     from .hostinfo import host_facts
@@ -68,7 +73,7 @@ def make_manifest(plan: Plan, engine: Engine, outcomes: dict[str, Outcome[Any]],
               "splits": {s.name: {"samples": len(s), "sha256": s.digest()} for s in (data.train, data.val, data.test)}},
         seed={"distill": cfg.distill.seed, "qat": cfg.qat.seed},
         stage_seconds={**{r.name: r.seconds for r in engine.runs}, "total": seconds},
-        stages=stages, models=_models(plan, outcomes, out_dir), targets=targets,
+        stages=stages, models=_models(plan, outcomes, out_dir), targets=targets, fallback=_fallback(outcomes),
         gate=GateOutcome(False, errors, failures), exit_code=1, training=_training(plan))
 
 

@@ -144,6 +144,47 @@ class ModelRecord:
 
 
 @dataclass
+class FallbackLayer:
+    """A conv/linear layer reverted to float alone in the trained QAT simulation (validation split)."""
+
+    module: str
+    drop_points: float  # the metric's drop below the float student with only this layer float
+    error: float  # mean squared logit error vs the float student on the worst samples (the ranking score)
+
+
+@dataclass
+class FallbackStep:
+    """One revert tried by the search, on top of the layers kept before it; stepped back when it did not help."""
+
+    module: str
+    drop_points: float
+    kept: bool
+
+
+@dataclass
+class Fallback(Record):
+    """qat.fallback: the layers kept float so that QAT stays within ``max_drop_points`` of the float student."""
+
+    metric: str
+    max_drop_points: float
+    max_float_layers: int
+    float_value: float  # the float student's metric on the validation split
+    int8_value: float  # the first QAT run's (every layer int8)
+    drop_points: float
+    needed: bool
+    ranking: list[FallbackLayer] = field(default_factory=list)  # most sensitive first
+    steps: list[FallbackStep] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # the layers every int8 artifact holds float
+    final_value: float | None = None  # after the second QAT run with ``kept`` float
+    final_drop_points: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Fallback:
+        return cls(**{**d, "ranking": [FallbackLayer(**r) for r in d.get("ranking", [])],
+                      "steps": [FallbackStep(**s) for s in d.get("steps", [])]})
+
+
+@dataclass
 class Training(Record):
     """Where the training stages ran: ``precision`` is the autocast of teacher inference and distillation;
     QAT always trains in fp32 and its carrier is converted on the CPU. ``processes``: torchrun ranks."""
@@ -210,6 +251,7 @@ class Manifest:
     gate: GateOutcome
     exit_code: int
     regression: dict[str, Any] | None = None
+    fallback: Fallback | None = None  # qat.fallback's search, when configured
     training: Training | None = None
     int8_slower: list[Int8Slowdown] = field(default_factory=list)  # int8 slower than fp32 on this host
 

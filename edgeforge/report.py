@@ -37,6 +37,23 @@ def _int8_speed_lines(m: dict[str, Any]) -> list[str]:
     return ["", *[f"**Warning:** {s['message']}." for s in m.get("int8_slower") or []]] if m.get("int8_slower") else []
 
 
+def _fallback_lines(fb: dict[str, Any] | None) -> list[str]:
+    """qat.fallback: the budget, the ranking of the layers and the ones kept float."""
+    if not fb:
+        return []
+    lines = ["", "## Float fallback (qat.fallback)", "",
+             f"QAT simulation {fb['drop_points']:.2f} pt below the float student on the validation split "
+             f"(budget {fb['max_drop_points']:g} pt, {fb['metric']})."]
+    if not fb["needed"]:
+        return [*lines, "Within the budget: every layer stays int8."]
+    lines += [f"Kept float: **{', '.join(fb['kept'])}**; QAT again: {fb['final_drop_points']:.2f} pt below float.", "",
+              "| rank | layer | drop with only this layer float (pt) | logit error on the worst samples | kept |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {i} | {r['module']} | {r['drop_points']:.2f} | {r['error']:.4g} | {'yes' if r['module'] in fb['kept'] else ''} |"
+              for i, r in enumerate(fb["ranking"], 1)]
+    return lines
+
+
 def render_report(m: dict[str, Any]) -> str:
     models = m["models"]
     verdict = "PASS" if m["exit_code"] == 0 else ("FAIL (gate)" if m["exit_code"] == 2 else "FAIL (error)")
@@ -87,6 +104,7 @@ def render_report(m: dict[str, Any]) -> str:
         s = st[name]
         lines.append(f"| {name} | {s['best_epoch']} | {_pct(s['best_val_top1'])} | {s['seconds']:.1f} | "
                      f"{s['samples_per_second']:.0f} | {s['cached']} |")
+    lines += _fallback_lines(m.get("fallback"))
     lines += ["", "## Reproducibility", "",
               f"- config sha256: `{m['config']['sha256']}`",
               f"- data sha256: `{m['data']['sha256']}`",

@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from .cache import save_torch
+from .config import QatConfig
 from .engine import Log, Stage
 from .errors import EdgeforgeError
 from .plan import Plan, versions
+from .records import Fallback
 from .training import NonFiniteLoss, progress_enabled
 
 if TYPE_CHECKING:
@@ -158,11 +160,30 @@ class QatStage(Stage[torch.fx.GraphModule]):
         p, cfg = self.plan, self.plan.lc.config
         cal, calib = p.calibration, p.calibration_split
         out = self.train(inputs["distill"])
+        out, fallback = self._fallback(out, inputs["distill"])
         save_carrier(out.converted, p.data.train.x, str(folder / "student_qat.pt2"))
         return {**_training_record(out.result), "convert_max_abs_diff": out.convert_max_diff,
                 "quantize_ops": out.quantized_ops, "post_training_only": cfg.qat.epochs == 0,
+                "fallback": fallback.as_dict() if fallback else None,
                 "calibration": {"name": cal.name, "samples": len(calib), "split": cal.split,
                                 "selection": cal.selection, "seed": cal.seed}}
+
+    def _fallback(self, out: Any, student: nn.Module) -> tuple[Any, Fallback | None]:
+        """qat.fallback: QAT again with the layers the accuracy budget needs kept float (see quant/fallback.py)."""
+        from .quant.fallback import float_fallback
+        from .quant.qat import quantization_aware_training
+
+        p, cfg = self.plan, self.plan.lc.config
+
+        def rerun(qat: QatConfig) -> Any:
+            try:
+                return quantization_aware_training(
+                    student, p.teacher, p.data, p.calibration_split, qat, temperature=cfg.distill.temperature,
+                    alpha=cfg.distill.alpha, show_progress=progress_enabled(cfg.progress))
+            except NonFiniteLoss as exc:
+                raise _keep_last_good(exc, p.lc.output_dir / "student_qat.last_good.pt") from None
+
+        return float_fallback(out, student, p.data, p.calibration_split, cfg.qat, rerun)
 
     def announce(self) -> str:
         q = self.plan.lc.config.qat
@@ -177,7 +198,12 @@ class QatStage(Stage[torch.fx.GraphModule]):
         return load_carrier(str(folder / "student_qat.pt2"))
 
     def describe(self, record: dict[str, Any]) -> str:
-        return _best_epoch(record)
+        fb = record.get("fallback")
+        if not fb or not fb["needed"]:
+            return _best_epoch(record) + (f"; int8 {fb['drop_points']:.2f} pt below float (fallback not needed)"
+                                          if fb else "")
+        return (f"{_best_epoch(record)}; kept float: {', '.join(fb['kept'])} (drop {fb['drop_points']:.2f} -> "
+                f"{fb['final_drop_points']:.2f} pt, budget {fb['max_drop_points']:g})")
 
 
 @dataclass

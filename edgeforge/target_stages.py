@@ -63,6 +63,12 @@ class ExportStage(Stage[Exported]):
         carrier = self.plan.make_carrier(inputs["distill"], inputs.get("qat"))
         t0 = time.perf_counter()
         art = self.exporter.export(carrier, self.target, folder / f"model{self.exporter.suffix}")
+        if self.target.precision == "int8":
+            from .exporters.float_layers import check_float_layers
+
+            held = check_float_layers(self.target.format, art.path, art.info, carrier, self.target.name)
+            if held:
+                art.info["float_layers"] = held
         digest, size = artifact_digest(art.path)
         return {"file": art.path.name, "sha256": digest, "size_bytes": size, "info": art.info,
                 "digest_kind": "folder" if art.path.is_dir() else "file", "seconds": time.perf_counter() - t0}

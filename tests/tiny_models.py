@@ -62,3 +62,34 @@ def train_teacher(x: np.ndarray, y: np.ndarray, epochs: int = 8, seed: int = 0) 
     m = teacher(int(y.max()) + 1)
     return fit_classifier(m, torch.from_numpy(x), torch.from_numpy(y), epochs=epochs, lr=1e-2, batch_size=32,
                           shuffle=False)
+
+
+class OutlierStudent(nn.Module):
+    """conv-ReLU, conv-ReLU, mean, linear; ``mid.0`` is sensitive to int8 by construction.
+
+    The stem's last channel is dead (zero weights, bias -5: ReLU gives exactly 0 and no gradient), and
+    ``mid.0`` reads it with weights of 200. They change nothing in float, but per-channel int8 scales of
+    200 / 127 round every real weight of ``mid.0`` to zero. ``outlier_head`` does the same to half of
+    ``head``'s classes (``mid.0``'s last channel dead, read by them with weights of 200).
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 4, width: int = 8, outlier_head: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(width, num_classes)
+        with torch.no_grad():
+            self.stem[0].weight[-1].zero_()
+            self.stem[0].bias[-1] = -5.0
+            self.mid[0].weight[:, -1] = 200.0
+            if outlier_head:
+                self.mid[0].weight[-1].zero_()
+                self.mid[0].bias[-1] = -5.0
+                self.head.weight[: num_classes // 2, -1] = 200.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mid(self.stem(x)).mean((2, 3)))
+
+
+def outlier_student(num_classes: int = 4) -> nn.Module:
+    return OutlierStudent(num_classes=num_classes)

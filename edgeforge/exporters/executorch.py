@@ -157,6 +157,7 @@ class ExecutorchExporter(Exporter):
     def export(self, carrier: Carrier, target: TargetProfile, path: Path) -> ExportedArtifact:
         self.check_target(target)
         exir = require("executorch.exir", "executorch")
+        from . import float_layers  # imports the quantizer (torchao): only when exporting
         opts = options_for(target)
         example = carrier.example(int(target.input.batch))
         with _quiet_warnings():
@@ -172,6 +173,7 @@ class ExecutorchExporter(Exporter):
                 raise converter_failed("torch.export", exc, carrier, target) from None
             edge = self._lower(exir, ep, opts, carrier, target)
             summary = delegation_summary(edge.exported_program().graph_module, self._backend_id(opts))
+            weights = float_layers.executorch_weights(edge.exported_program().graph_module)
             try:
                 program = edge.to_executorch()
             except Exception as exc:
@@ -185,6 +187,7 @@ class ExecutorchExporter(Exporter):
             "executorch": version,
             "backend": opts.backend,
             "delegation": summary,
+            "weights": weights,  # conv/linear weights as lowered: int8 or float, by module
             "input": {"shape": list(example.shape), "dtype": "float32", "layout": "NCHW",
                       "batch": target.input.batch},
             "output": {"shape": out_shape, "dtype": "float32"},

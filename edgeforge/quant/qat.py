@@ -71,7 +71,7 @@ def _prepare(student: nn.Module, data: DataBundle, calibration: Split, cfg: QatC
     scheme = Int8Scheme(learn_activation_ranges=cfg.learn_ranges, range_init=cfg.range_init,
                         weight_bits=4 if cfg.scheme == "w4a8" else 8)
     gm = export_for_training(copy.deepcopy(student).cpu().train(), data.train.x)
-    prepared = prepare_qat_pt2e(gm, Int8Quantizer(scheme))
+    prepared = prepare_qat_pt2e(gm, Int8Quantizer(scheme, float_modules=tuple(cfg.float_modules)))
     # Range initialisation: observe the calibration set with fake-quant off and BN in eval mode,
     # so the first QAT step starts from calibrated scales instead of one batch's statistics.
     move_exported_model_to_eval(prepared)
