@@ -64,6 +64,20 @@ class Check(Record):
 
 
 @dataclass
+class FirstDivergent:
+    """The layer report's verdict (``edgeforge debug``), run in the build for an int8 target over its drift gate.
+
+    ``node`` is the carrier's first quantized node whose artifact tensor diverges (None when none does
+    or the report failed); ``metric`` says by how much, "no node diverges", or "layer report failed: ...".
+    """
+
+    node: str | None
+    module: str | None
+    op: str | None
+    metric: str
+
+
+@dataclass
 class Metrics:
     """An artifact judged in its own runtime on the test split, against the teacher and its reference."""
 
@@ -84,6 +98,7 @@ class Metrics:
     latency: Latency | None = None
     latency_note: str | None = None
     host_latency: Latency | None = None
+    first_divergent: FirstDivergent | None = None  # only for an int8 target whose drift exceeded its gate
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .debug.in_build import verdict_over_gate
 from .engine import Stage
 from .errors import RuntimeUnavailable
 from .exporters import get_exporter
@@ -114,6 +115,7 @@ class ValidateStage(Stage[dict[str, Any]]):
             teacher_top1=refs.top1["teacher"], reference_name=ref, reference_logits=refs.logits[ref],
             qat_sim_top1=refs.top1["qat_simulation"], float_top1=refs.top1["float_student"],
             size_bytes=exported.artifact.size_bytes, teacher_bytes=p.teacher_bytes)
+        metrics.first_divergent = verdict_over_gate(p, t, exported.path, metrics)
         if folder is not None:
             np.save(folder / "logits.npy", logits)
         device_error = self._latency(session, exported, metrics)
@@ -155,6 +157,10 @@ def metrics_from(record: dict[str, Any]) -> Metrics:
     m = dict(record["metrics"])
     for k in ("latency", "host_latency"):
         m[k] = Latency.from_dict(m[k]) if m.get(k) else None
+    if m.get("first_divergent"):
+        from .records import FirstDivergent
+
+        m["first_divergent"] = FirstDivergent(**m["first_divergent"])
     return Metrics(**m)
 
 

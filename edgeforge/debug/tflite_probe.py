@@ -36,7 +36,17 @@ def _chunks(x: np.ndarray, batch: int | None) -> list[tuple[np.ndarray, int]]:
     return out
 
 
-def _read(session: Any, pairs: dict[str, Tensor], x: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _nchw_tensors(it: Any, ops: list[dict[str, Any]], input_layout: str) -> set[int]:
+    """4-D tensors held NCHW: an NCHW graph input and what (de)quantize ops make of it; TFLite's
+    kernels keep every other 4-D activation NHWC."""
+    nchw = {int(d["index"]) for d in it.get_input_details()} if input_layout == "NCHW" else set()
+    for op in ops:
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE") and int(op["inputs"][0]) in nchw:
+            nchw.update(int(o) for o in op["outputs"])
+    return nchw
+
+
+def _read(session: Any, pairs: dict[str, Tensor], x: np.ndarray, nchw: set[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     got: dict[str, list[np.ndarray]] = {n: [] for n in pairs}
     logits = []
     it = session.interpreter
@@ -44,6 +54,8 @@ def _read(session: Any, pairs: dict[str, Tensor], x: np.ndarray) -> tuple[dict[s
         logits.append(session.run(chunk)[:n])
         for name, t in pairs.items():
             codes = it.get_tensor(int(t.key))[:n].astype(np.float64)
+            if codes.ndim == 4 and int(t.key) not in nchw:
+                codes = codes.transpose(0, 3, 1, 2)
             got[name].append((codes - t.zero_point) * t.scale)
     return {k: np.concatenate(v) for k, v in got.items()}, np.concatenate(logits)
 
@@ -58,10 +70,11 @@ def probe_tflite(path: Path, target: TargetProfile, nodes: list[QuantNode], x: n
                             experimental_op_resolver_type=interp.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     it = builtin.interpreter
     inputs = [int(d["index"]) for d in it.get_input_details()]
-    pairs = match_tflite(nodes, sizes, it.get_tensor_details(), it._get_ops_details(), inputs)
+    ops = it._get_ops_details()
+    pairs = match_tflite(nodes, sizes, it.get_tensor_details(), ops, inputs)
     if not pairs:
         raise EdgeforgeError(f"{path.name}: no int8 tensor matches a quantized node of the carrier (scale, size)")
-    values, ref_logits = _read(builtin, pairs, x)
+    values, ref_logits = _read(builtin, pairs, x, _nchw_tensors(it, ops, target.input.layout))
     shipped = LiteRTSession(path, target).run_all(x)
     off = float(np.abs(shipped - ref_logits).max()) / nodes[-1].scale if len(x) else 0.0  # in the logits' LSBs
     kernels = (f"LiteRT built-in kernels (XNNPACK off: a delegated graph keeps no intermediates); the shipped "

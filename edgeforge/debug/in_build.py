@@ -1,0 +1,41 @@
+"""The layer report as a build runs it: for an int8 target over its drift gate, recorded, never raised."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..records import FirstDivergent, Metrics
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+    from ..targets import TargetProfile
+
+SAMPLES = 32  # test inputs the build's report compares on (the first of the test split)
+
+
+def verdict_over_gate(plan: Plan, target: TargetProfile, artifact: Path, metrics: Metrics) -> FirstDivergent | None:
+    """For an int8 target whose drift exceeds its gate, the layer report's verdict; else None."""
+    limit = plan.gates[target.name].max_drift_points
+    if target.precision != "int8" or limit is None or abs(metrics.drift_points) <= limit:
+        return None
+    x = plan.data.test.x[:SAMPLES].numpy()
+    return first_divergent(plan.lc.output_dir / "student_qat.pt2", artifact, target, x)
+
+
+def first_divergent(carrier_file: Path, artifact: Path, target: TargetProfile, x: np.ndarray) -> FirstDivergent:
+    """The first divergent node of ``artifact`` (None when none diverges); a failure is its one-line reason."""
+    from ..quant.qat import load_carrier
+    from .report import layer_report
+
+    try:
+        report = layer_report(load_carrier(str(carrier_file)), artifact, target, x)
+    except Exception as exc:  # the report is a diagnosis: whatever breaks it, the build goes on
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return FirstDivergent(None, None, None, f"layer report failed: {reason}")
+    row = report.first_divergent
+    if row is None:
+        return FirstDivergent(None, None, None, report.verdict())
+    return FirstDivergent(row.node, row.module, row.op, row.metric_text())
