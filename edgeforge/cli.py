@@ -46,6 +46,7 @@ def _cmd_preflight(args: argparse.Namespace) -> int:
 
 _LIMIT_FLAGS = {
     "max_top1_drop": "max_top1_drop_points",
+    "max_metric_drop": "max_metric_drop_points",
     "max_retention_drop": "max_retention_drop",
     "max_drift_increase": "max_drift_increase_points",
     "max_latency_growth": "max_latency_growth",
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(the baseline's others are listed as skipped, not failed)")
     c.add_argument("--config", help="take the allowed deltas from this config's regression: section")
     c.add_argument("--max-top1-drop", type=float, help="allowed top-1 drop in points (default 0.3)")
+    c.add_argument("--max-metric-drop", type=float, help="allowed drop of the build's metric in points when it is "
+                   "not top1 (default: the top-1 limit)")
     c.add_argument("--max-retention-drop", type=float, help="allowed retention drop (default 0.003)")
     c.add_argument("--max-drift-increase", type=float, help="allowed |drift| increase in points (default 0.5)")
     c.add_argument("--max-latency-growth", type=float, help="allowed relative p50/p90 growth (default 0.10)")

@@ -158,6 +158,9 @@ class RegressionConfig(Strict):
     """Allowed change of a build against a baseline manifest (edgeforge check, or baseline: in build)."""
 
     max_top1_drop_points: float = Field(0.3, ge=0)
+    max_metric_drop_points: float | None = Field(
+        None, ge=0, description="allowed drop of the build's metric (metric:) in points when it is not top1; "
+        "default: max_top1_drop_points")
     max_retention_drop: float = Field(0.003, ge=0)
     max_drift_increase_points: float = Field(0.5, ge=0)
     max_latency_growth: float = Field(0.10, ge=0, description="relative growth of p50 and p90, e.g. 0.10 = 10%")
@@ -182,12 +185,21 @@ class BuildConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     targets: list[str] = Field(min_length=1)
     target_dirs: list[str] = Field(default_factory=list, description="extra folders of target profiles")
+    metric: str = Field("top1", description="the task metric retention, drift, the gate and regression checks use: "
+                        "top1, top5, macro_f1, mean_class_recall, min_class_recall, or package.module:function")
     gate: GateConfig = Field(default_factory=GateConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     baseline: str | None = Field(None, description="a previous manifest.json to check this build against")
     regression: RegressionConfig = Field(default_factory=RegressionConfig)
     preflight: bool = Field(True, description="export the untrained student for every target before training")
     progress: bool = True
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_name(cls, v: str) -> str:
+        from .metrics import check_name
+
+        return check_name(v)
 
     @field_validator("targets")
     @classmethod
@@ -281,6 +293,8 @@ def check_factory_keywords(lc: LoadedConfig) -> None:
 
     add_search_paths([lc.root, Path.cwd()])
     t, s = lc.config.teacher, lc.config.student
+    if ":" in lc.config.metric:
+        _check_keywords(load_callable(lc.config.metric, "metric"), lc.config.metric, "metric", (None, None), {})
     if t.factory:
         _check_keywords(load_callable(t.factory, "teacher.factory"), t.factory, "teacher.kwargs", (), t.kwargs)
     if s.factory:

@@ -8,6 +8,7 @@ format's exporter.
 from __future__ import annotations
 
 from .gate_spec import GateSpec
+from .metrics import label
 from .records import Check, Latency, Metrics
 
 
@@ -32,14 +33,10 @@ def latency_check(lat: Latency | None, budget: float, note: str | None) -> Check
     return _le("latency_p90", lat.p90_ms, budget, f"p90 latency ({lat.measured_on})", " ms")
 
 
-def metric_label(metric: str) -> str:
-    return {"top1": "top-1", "top5": "top-5"}.get(metric, metric)
-
-
 def evaluate_gate(metrics: Metrics, gate: GateSpec, parity_atol: float | None) -> list[Check]:
     """Checks of one validated artifact against its effective gate."""
     checks: list[Check] = []
-    ref, metric = metrics.reference, metric_label(metrics.metric)
+    ref, metric = metrics.reference, label(metrics.metric)
     if gate.min_retention is not None:
         retention = metrics.retention if metrics.retention is not None else float("nan")
         checks.append(_ge("retention", retention, gate.min_retention, f"{metric} retention vs teacher"))

@@ -6,6 +6,8 @@ import html
 import math
 from typing import Any
 
+from .metrics import label as metric_label
+
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f", "#7c3aed", "#b45309"]
 
 CSS = """
@@ -195,20 +197,33 @@ def _ret(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def _target_row(t: dict[str, Any]) -> str:
+def _named(rec: dict[str, Any]) -> str:
+    """The cell of the build's metric when it is not top-1 ('' for top-1, whose column is always there)."""
+    if (rec.get("metric") or "top1") == "top1":
+        return ""
+    return f"<td class=num>{'-' if rec.get('value') is None else format(rec['value'], '.4f')}</td>"
+
+
+def _named_head(metric: str, what: str = "") -> str:
+    """'' for top-1; else the metric's label (with ``what`` after it)."""
+    return "" if metric == "top1" else f"{metric_label(metric)}{what}"
+
+
+def _target_row(t: dict[str, Any], metric: str = "top1") -> str:
     mt = t.get("metrics")
     checks = t.get("checks", [])
     gate_ok = bool(checks) and all(c["passed"] for c in checks)
     gate = f"<span class='{'pass' if gate_ok else 'fail'}'>{'pass' if gate_ok else 'FAIL'}</span>"
     head = f"<tr><td>{_e(t['name'])}</td><td>{_e(t['format'])}</td><td>{_e(t['precision'])}</td>"
     if not mt:
-        return (f"{head}<td class=fail>{_e(t['status'])}: {_e(t.get('reason') or '')}</td><td colspan=6></td>"
+        return (f"{head}<td class=fail>{_e(t['status'])}: {_e(t.get('reason') or '')}</td>"
+                f"<td colspan={6 + (metric != 'top1')}></td>"
                 f"<td>{gate}</td></tr>")
     lat = mt.get("latency")
     lat_s = (f"{_ms(lat['p50_ms'])} / {_ms(lat['p90_ms'])} / {_ms(lat['p99_ms'])} ms ({_e(lat['measured_on'])})" if lat
              else f"<span class=skip>{_e(mt.get('latency_note') or 'not measured')}</span>")
     return (f"{head}<td>{_e(t['status'])}</td><td>{_e(t.get('executor') or '')}</td>"
-            f"<td class=num>{mt['top1'] * 100:.2f}%</td><td class=num>{_ret(mt.get('retention'))}</td>"
+            f"<td class=num>{mt['top1'] * 100:.2f}%</td>{_named(mt)}<td class=num>{_ret(mt.get('retention'))}</td>"
             f"<td class=num>{mt['drift_points']:+.2f} pt vs {_e(mt['reference'])}</td>"
             f"<td class=num>{mt['size_bytes'] / 1024:.1f} KiB ({mt['compression_vs_teacher']:.0f}x)</td>"
             f"<td>{lat_s}</td><td>{gate}</td></tr>")
@@ -217,26 +232,30 @@ def _target_row(t: dict[str, Any]) -> str:
 def render_html(m: dict[str, Any]) -> str:
     ok = m["exit_code"] == 0
     verdict = "PASS" if ok else ("FAIL (gate)" if m["exit_code"] == 2 else "FAIL (error)")
-    models = m["models"]
-    targets = m["targets"]
+    models, targets = m["models"], m["targets"]
+    metric = models["teacher"].get("metric") or "top1"
+    named_th = f"<th>{_e(_named_head(metric, ' (test)'))}</th>" if metric != "top1" else ""
     palette = dict(zip([t["name"] for t in targets], colours(len(targets)), strict=True))
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>edgeforge: {_e(m['name'])}</title>",
              f"<style>{CSS}</style></head><body>",
              f"<h1>edgeforge build: {_e(m['name'])} <span class='verdict' style='background:{'#15803d' if ok else '#b91c1c'}'>{verdict}</span></h1>",
              f"<p>Built {_e(m['created'])} on {_e(m['host']['platform'])} ({_e(m['host']['cpus'])} CPUs).</p>",
-             "<h2>Pipeline</h2><table><tr><th>model</th><th>top-1 (test)</th><th>parameters</th><th>stage</th><th>seconds</th></tr>"]
+             f"<h2>Pipeline</h2><table><tr><th>model</th><th>top-1 (test)</th>{named_th}<th>parameters</th><th>stage</th><th>seconds</th></tr>"]
     st = m["stages"]
-    parts.append(f"<tr><td>teacher</td><td class=num>{models['teacher']['top1'] * 100:.2f}%</td>"
+    parts.append(f"<tr><td>teacher</td><td class=num>{models['teacher']['top1'] * 100:.2f}%</td>{_named(models['teacher'])}"
                  f"<td class=num>{models['teacher']['parameters']:,}</td><td>-</td><td>-</td></tr>")
     parts.append(f"<tr><td>float student</td><td class=num>{models['float_student']['top1'] * 100:.2f}%</td>"
+                 f"{_named(models['float_student'])}"
                  f"<td class=num>{models['float_student']['parameters']:,}</td><td>distill (best epoch {st['distill']['best_epoch']}"
                  f"{', cached' if st['distill']['cached'] else ''})</td><td class=num>{st['distill']['seconds']:.1f}</td></tr>")
-    parts.append(f"<tr><td>QAT simulation (int8)</td><td class=num>{models['qat_simulation']['top1'] * 100:.2f}%</td><td>-</td>"
+    parts.append(f"<tr><td>QAT simulation (int8)</td><td class=num>{models['qat_simulation']['top1'] * 100:.2f}%</td>"
+                 f"{_named(models['qat_simulation'])}<td>-</td>"
                  f"<td>qat (best epoch {st['qat']['best_epoch']}{', cached' if st['qat']['cached'] else ''})</td>"
                  f"<td class=num>{st['qat']['seconds']:.1f}</td></tr></table>")
     parts.append("<h2>Targets</h2><table><tr><th>target</th><th>format</th><th>precision</th><th>status</th><th>executor</th>"
-                 "<th>top-1</th><th>retention</th><th>drift</th><th>size</th><th>latency p50 / p90 / p99</th><th>gate</th></tr>")
-    parts += [_target_row(t) for t in targets]
+                 f"<th>top-1</th>{named_th.replace(' (test)', '')}<th>{_e(_named_head(metric, ' '))}retention</th>"
+                 f"<th>{_e(_named_head(metric, ' '))}drift</th><th>size</th><th>latency p50 / p90 / p99</th><th>gate</th></tr>")
+    parts += [_target_row(t, metric) for t in targets]
     parts.append("</table>")
     parts += [f"<p class=skip>Warning: {_e(s['message'])}.</p>" for s in m.get("int8_slower") or []]
     failures = m["gate"]["errors"] + m["gate"]["failures"]
@@ -248,9 +267,10 @@ def render_html(m: dict[str, Any]) -> str:
     lat_pts = [(t["name"], t["metrics"]["latency"]["p50_ms"], t["metrics"]["retention"], palette[t["name"]])
                for t in rated if (t["metrics"].get("latency") or {}).get("p50_ms") is not None]
     parts.append("<h2>Trade-offs</h2><div class=plots>")
-    parts.append(f"<figure>{_scatter(size_pts, 'artifact size (KiB, log scale)', 'retention vs teacher', logx=True)}"
+    ret_axis = f"{_named_head(metric, ' ')}retention vs teacher"
+    parts.append(f"<figure>{_scatter(size_pts, 'artifact size (KiB, log scale)', ret_axis, logx=True)}"
                  "<figcaption>Retention against size: up and to the left is better.</figcaption></figure>")
-    parts.append(f"<figure>{_scatter(lat_pts, 'p50 latency (ms, host)', 'retention vs teacher')}"
+    parts.append(f"<figure>{_scatter(lat_pts, 'p50 latency (ms, host)', ret_axis)}"
                  "<figcaption>Retention against batch-1 latency where it was measured (host latency is not the device's).</figcaption></figure>")
     parts.append("</div>" + legend([(t["name"], palette[t["name"]]) for t in valid]))
     parts.append("<h2>Latency distributions</h2>")

@@ -31,14 +31,19 @@ def _models(plan: Plan, outcomes: dict[str, Outcome[Any]], out_dir: Path) -> dic
     ref = outcomes["reference"].record
     top1, per = ref["top1"], ref["per_class"]
     student, converted = outcomes["distill"].value, outcomes["qat"].value
+
+    def judged(role: str) -> dict[str, Any]:
+        return {"metric": ref["metric"], "value": ref["value"][role], "scores": ref["scores"][role]}
+
     return {
         "teacher": ModelRecord(top1["teacher"], per["teacher"], count_parameters(plan.teacher), plan.teacher_bytes,
-                               sha256=plan.teacher_digest),
+                               sha256=plan.teacher_digest, **judged("teacher")),
         "float_student": ModelRecord(top1["float_student"], per["float_student"], count_parameters(student),
-                                     path="student_float.pt", sha256=sha256_file(out_dir / "student_float.pt")),
+                                     path="student_float.pt", sha256=sha256_file(out_dir / "student_float.pt"),
+                                     **judged("float_student")),
         "qat_simulation": ModelRecord(top1["qat_simulation"], per["qat_simulation"], path="student_qat.pt2",
                                       sha256=sha256_file(out_dir / "student_qat.pt2"),
-                                      content_sha256=carrier_digest(converted)),
+                                      content_sha256=carrier_digest(converted), **judged("qat_simulation")),
     }
 
 

@@ -77,6 +77,16 @@ def _check_target(path: Path, i: int, t: Any) -> None:
                    "has bytes")
     if t["metrics"]["latency"] is not None:
         _check_keys(path, t["metrics"]["latency"], LATENCY_KEYS, prefix + "metrics.latency.")
+    _check_metric(path, t["metrics"], prefix)
+
+
+def _check_metric(path: Path, metrics: dict[str, Any], prefix: str) -> None:
+    """``metric`` and ``value`` arrived with ``metric:``; without them the target was judged by top-1."""
+    metric = metrics.get("metric", "top1")
+    if not isinstance(metric, str):
+        raise _bad(path, prefix + "metrics.metric", f"is {type(metric).__name__}, not str")
+    if metric != "top1" or metrics.get("value") is not None:
+        _check_keys(path, metrics, {"value": (NUMBER, False)}, prefix + "metrics.")
 
 
 def _parse(p: Path) -> Any:

@@ -29,6 +29,7 @@ from .exporters import exporter_class
 from .factories import add_search_paths
 from .fingerprint import code_digest
 from .gate_spec import DEFAULT_GATE, GateSpec
+from .metrics import Metric, resolve_metric
 from .models.loading import build_student, check_outputs, load_teacher
 from .targets import TargetProfile, resolve
 from .training import TrainContext
@@ -65,6 +66,14 @@ class Plan:
     def calibration_split(self) -> Split:
         """Picked once per build: the QAT stage and every target's carrier share it."""
         return calibration_split(self.data, self.calibration)
+
+    @cached_property
+    def metric(self) -> Metric:
+        """The task metric (``metric:``) every reference and artifact is judged by."""
+        return resolve_metric(self.lc.config.metric, self.data.num_classes)
+
+    def metric_identity(self) -> dict[str, Any]:
+        return {"metric": self.metric.name, "metric_code": self.metric.code}
 
     def data_identity(self) -> dict[str, Any]:
         return {"data": self.data.digest(), "data_code": self.data_code}
@@ -148,6 +157,7 @@ def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:
     compute = resolve_compute(cfg.train.device, cfg.train.precision)  # a missing GPU fails before anything loads
     targets, gates = resolve_targets(lc, target_names)
     data = load_data(lc)
+    resolve_metric(cfg.metric, data.num_classes)  # top5 of 4 classes fails here, not after training
     calibration = lc.calibration()  # parse errors surface now, not after training
     teacher = load_teacher(lc)
     example = data.train.x[:2]

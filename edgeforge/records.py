@@ -81,10 +81,10 @@ class FirstDivergent:
 class Metrics:
     """An artifact judged in its own runtime on the test split, against the teacher and its reference."""
 
-    metric: str
-    top1: float
-    per_class_top1: list[float | None]
-    retention: float | None
+    metric: str  # the task metric (metric: in the config) that value, retention and the drifts are of
+    top1: float  # always top-1, whatever the metric
+    per_class_top1: list[float | None]  # per-class recall
+    retention: float | None  # metric / the teacher's metric
     reference: str
     reference_top1: float
     drift_points: float  # (metric - reference's metric) in points
@@ -99,6 +99,9 @@ class Metrics:
     latency_note: str | None = None
     host_latency: Latency | None = None
     first_divergent: FirstDivergent | None = None  # only for an int8 target whose drift exceeded its gate
+    value: float | None = None  # the metric's value; manifests before metric: have only top1 (then the metric)
+    reference_value: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)  # every metric that applies, by name
 
 
 @dataclass
@@ -156,6 +159,9 @@ class ModelRecord:
     path: str | None = None
     sha256: str | None = None
     content_sha256: str | None = None
+    metric: str = "top1"
+    value: float | None = None  # the metric's value (None in manifests before metric:, where it is top1)
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

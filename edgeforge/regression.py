@@ -14,6 +14,7 @@ from typing import Any
 from .config import RegressionConfig
 from .errors import EdgeforgeError
 from .manifest_read import read_manifest
+from .metrics import label
 from .records import Comparison
 
 __all__ = ["CheckResult", "Comparison", "check", "compare", "read_manifest", "to_junit", "to_markdown"]
@@ -70,18 +71,26 @@ class Alike:
     why_top1: str = ""
 
 
+def _accuracy_words(new: dict[str, Any]) -> tuple[str, str, str]:
+    """What moves with the teacher and the data, for messages: top-1, and the build's metric if another."""
+    metric = next((judged(t["metrics"])[0] for t in new["targets"] if t["status"] == "validated"), "top1")
+    return ("top-1", "moves", "it is") if metric == "top1" else (f"top-1 and {label(metric)}", "move", "they are")
+
+
 def _alike(new: dict[str, Any], old: dict[str, Any], res: CheckResult) -> Alike:
     a = Alike()
+    acc, moves, is_ = _accuracy_words(new)
     nt, ot = new["models"]["teacher"].get("sha256"), old["models"]["teacher"].get("sha256")
     if nt and ot and nt != ot:
         a.teacher = False
         res.differences.append(f"the builds do not share a teacher (sha256 {_short(ot)} in the baseline, {_short(nt)} "
-                               "here): top-1 moves with the teacher, so it is not compared; retention and drift, "
+                               f"here): {acc} {moves} with the teacher, so {is_} not compared; retention and drift, "
                                "which are relative to the teacher, are")
     if new["data"]["sha256"] != old["data"]["sha256"]:
         a.data = False
         res.differences.append(f"the builds evaluated different data (sha256 {_short(old['data']['sha256'])} vs "
-                               f"{_short(new['data']['sha256'])}): top-1 is not compared; retention and drift are")
+                               f"{_short(new['data']['sha256'])}): {acc} {is_.split()[1]} not compared; retention "
+                               "and drift are")
     a.why_top1 = "different teachers" if not a.teacher else ("different data" if not a.data else "")
     hn, ho = host_label(new), host_label(old)
     a.machine = hn == ho and new["host"].get("machine") == old["host"].get("machine")
@@ -133,32 +142,55 @@ def compare(new: dict[str, Any], old: dict[str, Any], limits: RegressionConfig, 
     return res
 
 
+def judged(metrics: dict[str, Any]) -> tuple[str, float]:
+    """The metric a target was judged by and its value; a manifest from before ``metric:`` has top-1 only."""
+    name, value = metrics.get("metric") or "top1", metrics.get("value")
+    return name, float(metrics["top1"] if value is None else value)
+
+
+def _drop(name: str, check: str, old: float, new: float, limit: float, alike: Alike) -> Comparison:
+    what = label(check)
+    if alike.why_top1:
+        return _cmp(name, check, True, f"not compared: {alike.why_top1} ({what} {old * 100:.2f}% -> "
+                    f"{new * 100:.2f}%)", old=old, new=new, skipped=True)
+    drop = (old - new) * 100
+    return _cmp(name, check, drop <= limit + 1e-9, f"{what} {old * 100:.2f}% -> {new * 100:.2f}% ({-drop:+.2f} pt, "
+                f"allowed -{limit} pt)", old=old, new=new, limit=limit)
+
+
 def _compare_accuracy(name: str, nm: dict[str, Any], om: dict[str, Any], lim: RegressionConfig,
                       alike: Alike) -> list[Comparison]:
+    """Top-1 always; the build's metric when it is another; retention and drift, which are of that metric."""
+    out = [_drop(name, "top1", om["top1"], nm["top1"], lim.max_top1_drop_points, alike)]
+    (metric, new), (old_metric, old) = judged(nm), judged(om)
+    if metric != old_metric:
+        why = (f"not compared: the baseline is judged by {label(old_metric)}, this build by {label(metric)} "
+               "(metric: in the config)")
+        return out + [_cmp(name, check, True, why, skipped=True) for check in ("retention", "drift")]
+    if metric != "top1":
+        limit = lim.max_top1_drop_points if lim.max_metric_drop_points is None else lim.max_metric_drop_points
+        out.append(_drop(name, metric, old, new, limit, alike))
+    return out + _compare_relative(name, nm, om, lim, "" if metric == "top1" else f"{label(metric)} ")
+
+
+def _compare_relative(name: str, nm: dict[str, Any], om: dict[str, Any], lim: RegressionConfig,
+                      what: str) -> list[Comparison]:
     out = []
-    if alike.why_top1:
-        out.append(_cmp(name, "top1", True, f"not compared: {alike.why_top1} (top-1 {om['top1'] * 100:.2f}% -> "
-                        f"{nm['top1'] * 100:.2f}%)", old=om["top1"], new=nm["top1"], skipped=True))
-    else:
-        drop = (om["top1"] - nm["top1"]) * 100
-        out.append(_cmp(name, "top1", drop <= lim.max_top1_drop_points + 1e-9,
-                        f"top-1 {om['top1'] * 100:.2f}% -> {nm['top1'] * 100:.2f}% ({-drop:+.2f} pt, "
-                        f"allowed -{lim.max_top1_drop_points} pt)", old=om["top1"], new=nm["top1"],
-                        limit=lim.max_top1_drop_points))
     if nm.get("retention") is None or om.get("retention") is None:
-        out.append(_cmp(name, "retention", True, "retention not recorded in "
+        out.append(_cmp(name, "retention", True, f"{what}retention not recorded in "
                         f"{'either build' if nm.get('retention') is om.get('retention') else 'one build'}",
                         skipped=True))
     else:
         rdrop = om["retention"] - nm["retention"]
         out.append(_cmp(name, "retention", rdrop <= lim.max_retention_drop + 1e-12,
-                        f"retention {om['retention']:.4f} -> {nm['retention']:.4f} (allowed drop {lim.max_retention_drop})",
-                        old=om["retention"], new=nm["retention"], limit=lim.max_retention_drop))
+                        f"{what}retention {om['retention']:.4f} -> {nm['retention']:.4f} (allowed drop "
+                        f"{lim.max_retention_drop})", old=om["retention"], new=nm["retention"],
+                        limit=lim.max_retention_drop))
     dinc = abs(nm["drift_points"]) - abs(om["drift_points"])
     out.append(_cmp(name, "drift", dinc <= lim.max_drift_increase_points + 1e-9,
-                    f"|drift| vs {nm['reference']} {abs(om['drift_points']):.2f} -> {abs(nm['drift_points']):.2f} pt "
-                    f"(allowed +{lim.max_drift_increase_points} pt)", old=om["drift_points"], new=nm["drift_points"],
-                    limit=lim.max_drift_increase_points))
+                    f"|{what}drift| vs {nm['reference']} {abs(om['drift_points']):.2f} -> "
+                    f"{abs(nm['drift_points']):.2f} pt (allowed +{lim.max_drift_increase_points} pt)",
+                    old=om["drift_points"], new=nm["drift_points"], limit=lim.max_drift_increase_points))
     return out
 
 

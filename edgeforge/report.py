@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .metrics import label
+
 
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
@@ -17,17 +19,32 @@ def _kib(n: float | None) -> str:
     return "-" if n is None else f"{n / 1024:.1f} KiB"
 
 
-def _target_row(t: dict[str, Any]) -> str:
+def _named(rec: dict[str, Any]) -> str:
+    """The cell of the build's metric when it is not top-1 ('' for top-1, whose column is always there)."""
+    if (rec.get("metric") or "top1") == "top1":
+        return ""
+    return f" {'-' if rec.get('value') is None else format(rec['value'], '.4f')} |"
+
+
+def _heads(metric: str) -> tuple[str, str, str]:
+    """(extra column, retention header, drift header) of a build judged by ``metric``."""
+    if metric == "top1":
+        return "", "retention", "drift (pt)"
+    name = label(metric)
+    return f" {name} |", f"{name} retention", f"{name} drift (pt)"
+
+
+def _target_row(t: dict[str, Any], metric: str) -> str:
     mt = t.get("metrics")
     gate = "pass" if t["checks"] and all(c["passed"] for c in t["checks"]) else "FAIL"
     if mt is None:
         return (f"| {t['name']} | {t['format']} | {t['precision']} | {t['status']}: {t.get('reason') or ''} "
-                "| - | - | - | - | - | - | - | - | FAIL |")
+                f"|{' - |' * (metric != 'top1')} - | - | - | - | - | - | - | - | FAIL |")
     lat = mt.get("latency")
     lat_s = (f"{_ms(lat['p50_ms'])} / {_ms(lat['p90_ms'])} / {_ms(lat['p99_ms'])} ({lat['measured_on']})" if lat
              else mt.get("latency_note") or "-")
     retention = "-" if mt["retention"] is None else f"{mt['retention']:.4f}"
-    return (f"| {t['name']} | {t['format']} | {t['precision']} | {t['status']} | {_pct(mt['top1'])} | "
+    return (f"| {t['name']} | {t['format']} | {t['precision']} | {t['status']} | {_pct(mt['top1'])} |{_named(mt)} "
             f"{retention} | {mt['drift_points']:+.2f} vs {mt['reference']} | {mt['agreement'] * 100:.2f}% | "
             f"{mt['max_abs_diff']:.2e} | {_kib(mt['size_bytes'])} | {mt['compression_vs_teacher']:.1f}x | {lat_s} | {gate} |")
 
@@ -55,7 +72,8 @@ def _fallback_lines(fb: dict[str, Any] | None) -> list[str]:
 
 
 def render_report(m: dict[str, Any]) -> str:
-    models = m["models"]
+    models, metric = m["models"], m["models"]["teacher"].get("metric") or "top1"
+    extra, retention, drift = _heads(metric)
     verdict = "PASS" if m["exit_code"] == 0 else ("FAIL (gate)" if m["exit_code"] == 2 else "FAIL (error)")
     lines = [
         f"# edgeforge build: {m['name']} — {verdict}",
@@ -65,18 +83,18 @@ def render_report(m: dict[str, Any]) -> str:
         "",
         "## Models (test split, PyTorch)",
         "",
-        "| model | top-1 | parameters | bytes |",
-        "|---|---|---|---|",
-        f"| teacher | {_pct(models['teacher']['top1'])} | {models['teacher']['parameters']:,} | {models['teacher']['bytes']:,} |",
-        f"| float student | {_pct(models['float_student']['top1'])} | {models['float_student']['parameters']:,} | - |",
-        f"| QAT simulation (int8) | {_pct(models['qat_simulation']['top1'])} | - | - |",
+        f"| model | top-1 |{extra} parameters | bytes |",
+        "|---|---|" + "---|" * bool(extra) + "---|---|",
+        f"| teacher | {_pct(models['teacher']['top1'])} |{_named(models['teacher'])} {models['teacher']['parameters']:,} | {models['teacher']['bytes']:,} |",
+        f"| float student | {_pct(models['float_student']['top1'])} |{_named(models['float_student'])} {models['float_student']['parameters']:,} | - |",
+        f"| QAT simulation (int8) | {_pct(models['qat_simulation']['top1'])} |{_named(models['qat_simulation'])} - | - |",
         "",
         "## Targets",
         "",
-        "| target | format | precision | status | top-1 | retention | drift (pt) | agreement | max abs diff | size | compression | p50 / p90 / p99 ms | gate |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| target | format | precision | status | top-1 |{extra} {retention} | {drift} | agreement | max abs diff | size | compression | p50 / p90 / p99 ms | gate |",
+        "|---|---|---|---|---|" + "---|" * bool(extra) + "---|---|---|---|---|---|---|---|",
     ]
-    lines += [_target_row(t) for t in m["targets"]]
+    lines += [_target_row(t, metric) for t in m["targets"]]
     lines += _int8_speed_lines(m)
     lines += ["", "## Gate", ""]
     if m["gate"]["passed"]:

@@ -213,6 +213,7 @@ class References:
     logits: dict[str, np.ndarray]
     top1: dict[str, float]
     per_class: dict[str, list[float | None]]
+    value: dict[str, float]  # the task metric (metric:) of each role
 
 
 class ReferenceStage(Stage[References]):
@@ -225,11 +226,11 @@ class ReferenceStage(Stage[References]):
 
     def key_inputs(self) -> dict[str, Any]:
         return {"teacher": self.plan.teacher_digest, "validation": self.plan.lc.config.validation.batch_size,
-                **self.plan.data_identity()}
+                **self.plan.data_identity(), **self.plan.metric_identity()}
 
     def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
         from .runtimes.torch_ref import TorchSession
-        from .validate import Accuracy
+        from .validate import Scores
 
         assert folder is not None
         p = self.plan
@@ -237,16 +238,20 @@ class ReferenceStage(Stage[References]):
         x, y = p.data.test.x.numpy(), p.data.test.y.numpy()
         logits = {r: TorchSession(models[r]).run_all(x, p.lc.config.validation.batch_size) for r in self.ROLES}
         np.savez(folder / "logits.npz", **logits)  # type: ignore[arg-type]
-        accs = {r: Accuracy.of(logits[r], y, p.data.num_classes) for r in self.ROLES}
-        return {"top1": {r: a.top1 for r, a in accs.items()}, "per_class": {r: a.per_class for r, a in accs.items()}}
+        s = {r: Scores.of(logits[r], y, p.data.num_classes, p.metric) for r in self.ROLES}
+        return {"top1": {r: a.top1 for r, a in s.items()}, "per_class": {r: a.per_class for r, a in s.items()},
+                "metric": p.metric.name, "value": {r: a.value for r, a in s.items()},
+                "scores": {r: a.scores for r, a in s.items()}}
 
     def load(self, folder: Path | None, record: dict[str, Any], inputs: dict[str, Any]) -> References:
         assert folder is not None
         with np.load(folder / "logits.npz", allow_pickle=False) as z:
             logits = {r: z[r] for r in self.ROLES}
-        return References(logits, record["top1"], record["per_class"])
+        return References(logits, record["top1"], record["per_class"], record["value"])
 
     def describe(self, record: dict[str, Any]) -> str:
-        t = record["top1"]
-        return (f"test top-1: teacher {t['teacher']:.4f}, float student {t['float_student']:.4f}, "
+        from .metrics import label
+
+        t = record["value"]
+        return (f"test {label(record['metric'])}: teacher {t['teacher']:.4f}, float student {t['float_student']:.4f}, "
                 f"QAT simulation {t['qat_simulation']:.4f}")

@@ -21,6 +21,7 @@ from .engine import Stage
 from .errors import RuntimeUnavailable
 from .exporters import get_exporter
 from .gate import evaluate_gate
+from .metrics import label
 from .plan import Plan, versions
 from .records import Artifact, Check, Latency, Metrics
 from .runtimes import get_runtime
@@ -98,6 +99,7 @@ class ValidateStage(Stage[dict[str, Any]]):
 
     def key_inputs(self) -> dict[str, Any]:
         return {"validation": self.plan.lc.config.validation.model_dump(mode="json"), "runtime": self.runtime.name,
+                **self.plan.metric_identity(),
                 "unavailable": self.runtime.unavailable_reason(), "versions": versions((self.runtime.package,))}
 
     def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -111,9 +113,8 @@ class ValidateStage(Stage[dict[str, Any]]):
             return {"status": "unvalidated", "reason": str(exc), "runtime": self.runtime.name}
         ref = self.exporter.reference(t)
         metrics = artifact_metrics(
-            logits=logits, labels=p.data.test.y.numpy(), num_classes=p.data.num_classes,
-            teacher_top1=refs.top1["teacher"], reference_name=ref, reference_logits=refs.logits[ref],
-            qat_sim_top1=refs.top1["qat_simulation"], float_top1=refs.top1["float_student"],
+            logits=logits, labels=p.data.test.y.numpy(), num_classes=p.data.num_classes, metric=p.metric,
+            reference_values=refs.value, reference_name=ref, reference_logits=refs.logits[ref],
             size_bytes=exported.artifact.size_bytes, teacher_bytes=p.teacher_bytes)
         metrics.first_divergent = verdict_over_gate(p, t, exported.path, metrics)
         if folder is not None:
@@ -149,7 +150,8 @@ class ValidateStage(Stage[dict[str, Any]]):
         lat = m.get("latency")
         where = f"p50 {lat['p50_ms']:.3f} ms ({lat['measured_on']})" if lat and lat.get("p50_ms") is not None \
             else f"latency: {m.get('latency_note') or 'not measured'}"
-        return (f"in {record['executor']}: top-1 {m['top1']:.4f}, drift {m['drift_points']:+.2f} pt vs "
+        named = "" if m["metric"] == "top1" else f", {label(m['metric'])} {m['value']:.4f}"
+        return (f"in {record['executor']}: top-1 {m['top1']:.4f}{named}, drift {m['drift_points']:+.2f} pt vs "
                 f"{m['reference']}, agreement {m['agreement']:.4f}, {where}")
 
 

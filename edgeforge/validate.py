@@ -9,20 +9,24 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import Metric, per_class_recall, scores
 from .records import Latency, Metrics
 from .runtimes.base import Session
 
 
 @dataclass
-class Accuracy:
+class Scores:
+    """A model's outputs judged on a split: top-1, per-class recall, the task metric, every metric that applies."""
+
     top1: float
-    per_class: list[float | None]  # None for a class absent from the split
+    per_class: list[float | None]  # per-class recall; None for a class absent from the split
+    value: float  # the task metric (metric: in the config)
+    scores: dict[str, float]
 
     @classmethod
-    def of(cls, logits: np.ndarray, y: np.ndarray, num_classes: int) -> Accuracy:
-        pred = logits.argmax(1)
-        per = [float((pred[y == c] == c).mean()) if (y == c).any() else None for c in range(num_classes)]
-        return cls(float((pred == y).mean()), per)
+    def of(cls, logits: np.ndarray, y: np.ndarray, num_classes: int, metric: Metric) -> Scores:
+        every = scores(logits, y, metric)
+        return cls(every["top1"], per_class_recall(logits, y, num_classes), every[metric.name], every)
 
 
 def measure_latency(session: Session, sample: np.ndarray, *, warmup: int, runs: int, threads: int,
@@ -77,19 +81,21 @@ def sha256_file(path: Path) -> str:
 
 
 def artifact_metrics(
-    *, logits: np.ndarray, labels: np.ndarray, num_classes: int, teacher_top1: float,
-    reference_name: str, reference_logits: np.ndarray, qat_sim_top1: float | None, float_top1: float,
-    size_bytes: int, teacher_bytes: int,
+    *, logits: np.ndarray, labels: np.ndarray, num_classes: int, metric: Metric, reference_values: dict[str, float],
+    reference_name: str, reference_logits: np.ndarray, size_bytes: int, teacher_bytes: int,
 ) -> Metrics:
-    acc = Accuracy.of(logits, labels, num_classes)
-    ref_top1 = float((reference_logits.argmax(1) == labels).mean())
+    """An artifact's metrics; ``reference_values``: the task metric of teacher, float_student, qat_simulation."""
+    s = Scores.of(logits, labels, num_classes, metric)
+    teacher, ref = reference_values["teacher"], reference_values[reference_name]
+    qat = reference_values.get("qat_simulation")
     diff = compare(logits, reference_logits)
     return Metrics(
-        metric="top1", top1=acc.top1, per_class_top1=acc.per_class,
-        retention=acc.top1 / teacher_top1 if teacher_top1 > 0 else None,
-        reference=reference_name, reference_top1=ref_top1, drift_points=(acc.top1 - ref_top1) * 100.0,
-        vs_float_student_points=(acc.top1 - float_top1) * 100.0, size_bytes=size_bytes,
-        compression_vs_teacher=teacher_bytes / size_bytes,
-        drift_vs_qat_points=(acc.top1 - qat_sim_top1) * 100.0 if qat_sim_top1 is not None else None,
+        metric=metric.name, top1=s.top1, per_class_top1=s.per_class,
+        retention=s.value / teacher if teacher > 0 else None,
+        reference=reference_name, reference_top1=float((reference_logits.argmax(1) == labels).mean()),
+        drift_points=(s.value - ref) * 100.0, vs_float_student_points=(s.value - reference_values["float_student"]) * 100.0,
+        size_bytes=size_bytes, compression_vs_teacher=teacher_bytes / size_bytes,
+        drift_vs_qat_points=(s.value - qat) * 100.0 if qat is not None else None,
         agreement=diff["agreement"], max_abs_diff=diff["max_abs_diff"], mean_abs_diff=diff["mean_abs_diff"],
+        value=s.value, reference_value=ref, scores=s.scores,
     )
