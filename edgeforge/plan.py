@@ -166,6 +166,10 @@ def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:
     student = build_student(lc, data.input_shape[0], data.num_classes)
     student.eval()
     check_outputs(student, example, data.num_classes, "student")
+    if cfg.qat.float_modules:  # a misspelt layer would only be found after distillation
+        from .quant.fallback import check_modules
+
+        check_modules(student, cfg.qat.float_modules)
     digest, nbytes = _teacher_identity(lc, teacher)
     return Plan(lc, targets, gates, data, teacher, student, digest, nbytes, _student_identity(lc, student),
                 code_digest(cfg.data.factory), calibration, compute)

@@ -28,7 +28,7 @@ TARGETS = ["onnx-cpu-int8", "tflite-cpu-int8", "coreml-iphone-int8"]
 def _config(assets: Path, out: Path, **changes: Any) -> dict[str, Any]:
     return tiny_config(assets, out, **{
         "student": {"factory": "tiny_models:outlier_student"}, "targets": TARGETS, "preflight": False,
-        "distill.epochs": 6, "qat.epochs": 1, "qat.fallback": {"max_drop_points": 0.5, "max_float_layers": 2},
+        "distill.epochs": 3, "qat.epochs": 1, "qat.fallback": {"max_drop_points": 0.5, "max_float_layers": 2},
         "validation": {"warmup": 1, "runs": 2}, **changes})
 
 
@@ -157,6 +157,7 @@ def test_fallback_config_is_strict_and_keys_the_qat_stage(tiny_assets: Path, tmp
 
     from edgeforge.cache import stage_key
     from edgeforge.config import QatConfig, load_config
+    from edgeforge.errors import ConfigError
     from edgeforge.plan import plan_build
     from edgeforge.stages import QatStage
 
@@ -164,6 +165,10 @@ def test_fallback_config_is_strict_and_keys_the_qat_stage(tiny_assets: Path, tmp
         QatConfig(fallback={"max_drop_point": 0.5})
     with pytest.raises(ValidationError):
         QatConfig(fallback={"metric": "top5"})
+    typo = write_config(tmp_path / "typo.yaml", _config(tiny_assets, tmp_path / "out", **{"qat.float_modules": ["mid.O"]}))
+    with pytest.raises(ConfigError, match=r"qat.float_modules: mid.O is not a conv/linear module of the student; "
+                                          r"use names from: head, mid.0, stem.0"):
+        plan_build(load_config(typo))  # before any training
     keys = []
     for budget in (0.5, 1.0):
         cfg = write_config(tmp_path / f"{budget}.yaml", _config(tiny_assets, tmp_path / "out", **{
