@@ -129,7 +129,9 @@ class Ranks:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        # no per-forward buffer broadcast (it would make rank 0's shard the only source of BN stats and
+        # observer ranges); the states are equal at init and kept equal by sync_buffers after every epoch
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
     def sync_buffers(self, model: nn.Module) -> None:
         if self.active:
@@ -150,7 +152,7 @@ def state_digest(module: nn.Module) -> str:
     for name, t in sorted(module.state_dict().items()):
         c = t.detach().cpu().contiguous()
         h.update(f"{name}|{c.dtype}|{tuple(c.shape)}".encode())
-        h.update(c.view(torch.uint8).numpy().tobytes() if c.numel() else b"")
+        h.update(c.reshape(-1).view(torch.uint8).numpy().tobytes() if c.numel() else b"")
     return h.hexdigest()
 
 

@@ -102,6 +102,8 @@ class DistillStage(Stage[nn.Module]):
             return distill(p.teacher, p.new_student(), p.data, cfg.distill, augmented=cfg.data.augmented,
                            show_progress=progress_enabled(cfg.progress), ctx=p.train_context(self.resume_dir, self.log))
         except NonFiniteLoss as exc:
+            if not p.ranks.leader:  # rank 0 alone writes
+                raise
             raise _keep_last_good(exc, p.lc.output_dir / "student_float.last_good.pt") from None
 
     def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +153,8 @@ class QatStage(Stage[torch.fx.GraphModule]):
                 alpha=cfg.distill.alpha, show_progress=progress_enabled(cfg.progress),
                 ctx=p.train_context(self.resume_dir, self.log))
         except NonFiniteLoss as exc:
+            if not p.ranks.leader:  # rank 0 alone writes
+                raise
             raise _keep_last_good(exc, p.lc.output_dir / "student_qat.last_good.pt") from None
 
     def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
