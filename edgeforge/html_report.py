@@ -229,6 +229,22 @@ def _target_row(t: dict[str, Any], metric: str = "top1") -> str:
             f"<td>{lat_s}</td><td>{gate}</td></tr>")
 
 
+def _pipeline_table(models: dict[str, Any], st: dict[str, Any], named_th: str) -> str:
+    """Teacher, float student and QAT simulation on the test split, with the stage that made each."""
+    t, f, q = models["teacher"], models["float_student"], models["qat_simulation"]
+    return "\n".join([
+        f"<h2>Pipeline</h2><table><tr><th>model</th><th>top-1 (test)</th>{named_th}<th>parameters</th><th>stage</th>"
+        "<th>seconds</th></tr>",
+        f"<tr><td>teacher</td><td class=num>{t['top1'] * 100:.2f}%</td>{_named(t)}"
+        f"<td class=num>{t['parameters']:,}</td><td>-</td><td>-</td></tr>",
+        f"<tr><td>float student</td><td class=num>{f['top1'] * 100:.2f}%</td>{_named(f)}"
+        f"<td class=num>{f['parameters']:,}</td><td>distill (best epoch {st['distill']['best_epoch']}"
+        f"{', cached' if st['distill']['cached'] else ''})</td><td class=num>{st['distill']['seconds']:.1f}</td></tr>",
+        f"<tr><td>QAT simulation (int8)</td><td class=num>{q['top1'] * 100:.2f}%</td>{_named(q)}<td>-</td>"
+        f"<td>qat (best epoch {st['qat']['best_epoch']}{', cached' if st['qat']['cached'] else ''})</td>"
+        f"<td class=num>{st['qat']['seconds']:.1f}</td></tr></table>"])
+
+
 def render_html(m: dict[str, Any]) -> str:
     ok = m["exit_code"] == 0
     verdict = "PASS" if ok else ("FAIL (gate)" if m["exit_code"] == 2 else "FAIL (error)")
@@ -240,18 +256,7 @@ def render_html(m: dict[str, Any]) -> str:
              f"<style>{CSS}</style></head><body>",
              f"<h1>edgeforge build: {_e(m['name'])} <span class='verdict' style='background:{'#15803d' if ok else '#b91c1c'}'>{verdict}</span></h1>",
              f"<p>Built {_e(m['created'])} on {_e(m['host']['platform'])} ({_e(m['host']['cpus'])} CPUs).</p>",
-             f"<h2>Pipeline</h2><table><tr><th>model</th><th>top-1 (test)</th>{named_th}<th>parameters</th><th>stage</th><th>seconds</th></tr>"]
-    st = m["stages"]
-    parts.append(f"<tr><td>teacher</td><td class=num>{models['teacher']['top1'] * 100:.2f}%</td>{_named(models['teacher'])}"
-                 f"<td class=num>{models['teacher']['parameters']:,}</td><td>-</td><td>-</td></tr>")
-    parts.append(f"<tr><td>float student</td><td class=num>{models['float_student']['top1'] * 100:.2f}%</td>"
-                 f"{_named(models['float_student'])}"
-                 f"<td class=num>{models['float_student']['parameters']:,}</td><td>distill (best epoch {st['distill']['best_epoch']}"
-                 f"{', cached' if st['distill']['cached'] else ''})</td><td class=num>{st['distill']['seconds']:.1f}</td></tr>")
-    parts.append(f"<tr><td>QAT simulation (int8)</td><td class=num>{models['qat_simulation']['top1'] * 100:.2f}%</td>"
-                 f"{_named(models['qat_simulation'])}<td>-</td>"
-                 f"<td>qat (best epoch {st['qat']['best_epoch']}{', cached' if st['qat']['cached'] else ''})</td>"
-                 f"<td class=num>{st['qat']['seconds']:.1f}</td></tr></table>")
+             _pipeline_table(models, m["stages"], named_th)]
     parts.append("<h2>Targets</h2><table><tr><th>target</th><th>format</th><th>precision</th><th>status</th><th>executor</th>"
                  f"<th>top-1</th>{named_th.replace(' (test)', '')}<th>{_e(_named_head(metric, ' '))}retention</th>"
                  f"<th>{_e(_named_head(metric, ' '))}drift</th><th>size</th><th>latency p50 / p90 / p99</th><th>gate</th></tr>")

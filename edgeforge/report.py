@@ -34,6 +34,14 @@ def _heads(metric: str) -> tuple[str, str, str]:
     return f" {name} |", f"{name} retention", f"{name} drift (pt)"
 
 
+def _model_rows(models: dict[str, Any], extra: str) -> list[str]:
+    t, f, q = models["teacher"], models["float_student"], models["qat_simulation"]
+    return [f"| model | top-1 |{extra} parameters | bytes |", "|---|---|" + "---|" * bool(extra) + "---|---|",
+            f"| teacher | {_pct(t['top1'])} |{_named(t)} {t['parameters']:,} | {t['bytes']:,} |",
+            f"| float student | {_pct(f['top1'])} |{_named(f)} {f['parameters']:,} | - |",
+            f"| QAT simulation (int8) | {_pct(q['top1'])} |{_named(q)} - | - |"]
+
+
 def _target_row(t: dict[str, Any], metric: str) -> str:
     mt = t.get("metrics")
     gate = "pass" if t["checks"] and all(c["passed"] for c in t["checks"]) else "FAIL"
@@ -83,11 +91,7 @@ def render_report(m: dict[str, Any]) -> str:
         "",
         "## Models (test split, PyTorch)",
         "",
-        f"| model | top-1 |{extra} parameters | bytes |",
-        "|---|---|" + "---|" * bool(extra) + "---|---|",
-        f"| teacher | {_pct(models['teacher']['top1'])} |{_named(models['teacher'])} {models['teacher']['parameters']:,} | {models['teacher']['bytes']:,} |",
-        f"| float student | {_pct(models['float_student']['top1'])} |{_named(models['float_student'])} {models['float_student']['parameters']:,} | - |",
-        f"| QAT simulation (int8) | {_pct(models['qat_simulation']['top1'])} |{_named(models['qat_simulation'])} - | - |",
+        *_model_rows(models, extra),
         "",
         "## Targets",
         "",
