@@ -113,9 +113,19 @@ class FallbackConfig(Strict):
 
     max_drop_points: float = Field(0.5, ge=0, description="allowed drop of the QAT simulation's metric below the "
                                    "float student on the validation split, in points")
-    metric: Literal["top1"] = Field("top1", description="the metric the budget is measured in")
+    metric: str = Field("top1", description="the metric the budget is measured in: a built-in metric's name "
+                        "(top1, top5, macro_f1, mean_class_recall, min_class_recall)")
     max_float_layers: PositiveInt = Field(3, description="at most this many conv/linear layers are kept float; "
                                           "the build fails when they are not enough")
+
+    @field_validator("metric")
+    @classmethod
+    def _builtin_metric(cls, v: str) -> str:
+        from .metrics import METRICS
+
+        if v not in METRICS:
+            raise ValueError(f"unknown metric '{v}'; the fallback takes a built-in one: {', '.join(METRICS.names())}")
+        return v
 
 
 class QatConfig(Strict):

@@ -132,7 +132,7 @@ def test_budget_out_of_reach_is_one_line() -> None:
                              batch_size=32, shuffle=True)
     cfg = QatConfig(fallback={"max_drop_points": 0.5, "max_float_layers": 1})
     sim = simulation(student, data, data.train, cfg)
-    record = Fallback("top1", 0.5, 1, sim.float_top1, 0.25, 75.0, needed=True)
+    record = Fallback("top1", 0.5, 1, sim.float_value, 0.25, 75.0, needed=True)
     with pytest.raises(EdgeforgeError) as err:
         search(sim, cfg, record, lambda _m: None)
     message = str(err.value)
@@ -163,8 +163,10 @@ def test_fallback_config_is_strict_and_keys_the_qat_stage(tiny_assets: Path, tmp
 
     with pytest.raises(ValidationError, match="max_drop_point"):
         QatConfig(fallback={"max_drop_point": 0.5})
-    with pytest.raises(ValidationError):
-        QatConfig(fallback={"metric": "top5"})
+    with pytest.raises(ValidationError, match="unknown metric 'top-1'; the fallback takes a built-in one: macro_f1, "):
+        QatConfig(fallback={"metric": "top-1"})
+    macro = QatConfig(fallback={"metric": "macro_f1"}).fallback
+    assert macro is not None and macro.metric == "macro_f1"
     typo = write_config(tmp_path / "typo.yaml", _config(tiny_assets, tmp_path / "out", **{"qat.float_modules": ["mid.O"]}))
     with pytest.raises(ConfigError, match=r"qat.float_modules: mid.O is not a conv/linear module of the student; "
                                           r"use names from: head, mid.0, stem.0"):

@@ -1,12 +1,13 @@
 """Float fallback under an accuracy budget: which conv/linear layers to keep float (``qat.fallback``).
 
-After QAT, when the simulation's top-1 on the validation split is more than ``max_drop_points``
-below the float student's, layers are reverted to float one at a time in the trained QAT simulation
-(their weight fake-quantizers switched off), the way NNCF's accuracy control reverts quantizer
-groups: candidates are ranked by how much a revert shrinks the logit error on the worst validation
-samples, re-ranked after every layer kept, and a revert that does not raise top-1 is stepped back.
-The fewest layers that meet the budget (at most ``max_float_layers``) are kept float by a second QAT
-run from the float student; its carrier is the one every int8 exporter reads.
+After QAT, when the carrier's metric (``qat.fallback.metric``, top-1 by default) on the validation
+split is more than ``max_drop_points`` below the float student's, layers are reverted to float one
+at a time (their weight fake-quantizers switched off) in an int8 simulation of the float student,
+the way NNCF's accuracy control reverts quantizer groups: ranked by how much a revert shrinks the
+logit error on the validation samples int8 moved most, re-ranked after every layer kept, and a
+revert that does not raise the metric is stepped back. The fewest layers that meet the budget (at
+most ``max_float_layers``) are kept float by a second QAT run from the float student; its carrier
+is the one every int8 exporter reads, and it must meet the budget itself.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from torch import nn
 from ..config import QatConfig
 from ..data import DataBundle, Split
 from ..errors import ConfigError, EdgeforgeError
+from ..metrics import Metric, label, resolve_metric
 from ..records import Fallback, FallbackLayer, FallbackStep
-from ..training import predict, top1
+from ..training import predict
 from .op_families import family_of
 from .quantizer import Int8Quantizer, Int8Scheme
 
@@ -53,25 +55,26 @@ def float_layers(gm: torch.fx.GraphModule) -> list[str]:
 
 @dataclass
 class Simulation:
-    """The trained QAT simulation with a switch per layer: its weight fake-quantizers."""
+    """An int8 simulation of the float student with a switch per layer: its weight fake-quantizers."""
 
     model: torch.fx.GraphModule
     switches: dict[str, list[nn.Module]]
     x: torch.Tensor  # the validation split
     y: torch.Tensor
-    float_top1: float
+    metric: Metric
+    float_value: float  # the float student's metric
     float_worst: torch.Tensor  # the float student's logits on the worst samples
     worst: torch.Tensor  # their indices
 
     def evaluate(self, kept: list[str]) -> tuple[float, float]:
-        """(top-1 drop in points, logit error on the worst samples) with ``kept`` layers float."""
+        """(the metric's drop in points, logit error on the worst samples) with ``kept`` layers float."""
         for module, quantizers in self.switches.items():
             for fq in quantizers:
                 fq.enable_fake_quant(module not in kept)  # type: ignore[operator]
         with torch.no_grad():
             logits = predict(self.model, self.x)
         error = float(((logits[self.worst] - self.float_worst) ** 2).mean())
-        return (self.float_top1 - top1(logits, self.y)) * 100, error
+        return (self.float_value - self.metric(logits.numpy(), self.y.numpy())) * 100, error
 
 
 def scheme_of(cfg: QatConfig) -> Int8Scheme:
@@ -107,7 +110,9 @@ def simulation(student: nn.Module, data: DataBundle, calibration: Split, cfg: Qa
         float_logits = predict(copy.deepcopy(student).cpu().eval(), x)
         int8_logits = predict(prepared, x)
     worst = ((int8_logits - float_logits) ** 2).mean(1).argsort(descending=True)[:WORST_SAMPLES]
-    return Simulation(prepared, switches, x, y, top1(float_logits, y), float_logits[worst], worst)
+    metric = resolve_metric(cfg.fallback.metric if cfg.fallback else "top1", data.num_classes)
+    return Simulation(prepared, switches, x, y, metric, metric(float_logits.numpy(), y.numpy()), float_logits[worst],
+                      worst)
 
 
 def rank(sim: Simulation, kept: list[str]) -> list[FallbackLayer]:
@@ -123,7 +128,7 @@ def rank(sim: Simulation, kept: list[str]) -> list[FallbackLayer]:
 def search(sim: Simulation, cfg: QatConfig, record: Fallback, log: Log) -> None:
     """Greedy with re-ranking: keep the best-ranked layer whose revert lowers the drop, until the budget holds.
 
-    Reverts that do not raise top-1 are stepped back. When none does (two broken layers: each alone
+    Reverts that do not raise the metric are stepped back. When none does (two broken layers: each alone
     leaves top-1 at chance), the best-ranked one is kept if it lowers the logit error, so the search
     moves on instead of stopping. Drops are the simulation's, from its own all-int8 baseline.
     """
@@ -152,8 +157,8 @@ def search(sim: Simulation, cfg: QatConfig, record: Fallback, log: Log) -> None:
 
 
 def _over_budget(record: Fallback, best: float, how: str, fix: str) -> EdgeforgeError:
-    return EdgeforgeError(f"int8 top-1 is {record.drop_points:.2f} pt below the float student on the validation "
-                          f"split; {how} gets it to {best:.2f} pt at best, over max_drop_points "
+    return EdgeforgeError(f"int8 {label(record.metric)} is {record.drop_points:.2f} pt below the float student on "
+                          f"the validation split; {how} gets it to {best:.2f} pt at best, over max_drop_points "
                           f"{record.max_drop_points:g}", key="qat.fallback", fix=fix)
 
 
@@ -172,11 +177,15 @@ def float_fallback(out: Any, student: nn.Module, data: DataBundle, calibration: 
     fb = cfg.fallback
     if fb is None:
         return out, None
-    with torch.no_grad():
-        float_top1 = top1(predict(copy.deepcopy(student).cpu().eval(), data.val.x), data.val.y)
-        int8_top1 = top1(predict(out.converted, data.val.x), data.val.y)
-    drop = (float_top1 - int8_top1) * 100
-    record = Fallback(fb.metric, fb.max_drop_points, fb.max_float_layers, float_top1, int8_top1, drop,
+    metric = resolve_metric(fb.metric, data.num_classes)
+
+    def value(model: Callable[[torch.Tensor], torch.Tensor]) -> float:
+        with torch.no_grad():
+            return metric(predict(model, data.val.x).numpy(), data.val.y.numpy())
+
+    float_value, int8_value = value(copy.deepcopy(student).cpu().eval()), value(out.converted)
+    drop = (float_value - int8_value) * 100
+    record = Fallback(fb.metric, fb.max_drop_points, fb.max_float_layers, float_value, int8_value, drop,
                       needed=drop > fb.max_drop_points)
     if not record.needed:
         return out, record
@@ -184,9 +193,8 @@ def float_fallback(out: Any, student: nn.Module, data: DataBundle, calibration: 
     search(sim, cfg, record, log)
     log(f"[qat] fallback: QAT again with {', '.join(record.kept)} float")
     out = rerun(cfg.model_copy(update={"float_modules": [*cfg.float_modules, *record.kept]}))
-    with torch.no_grad():
-        record.final_value = top1(predict(out.converted, data.val.x), data.val.y)
-    record.final_drop_points = (float_top1 - record.final_value) * 100
+    record.final_value = value(out.converted)
+    record.final_drop_points = (float_value - record.final_value) * 100
     if record.final_drop_points > fb.max_drop_points:
         raise _over_budget(record, record.final_drop_points, f"QAT with {', '.join(record.kept)} float",
                            "raise qat.epochs or qat.fallback.max_float_layers")
