@@ -166,7 +166,7 @@ class ModelRecord:
 
 @dataclass
 class FallbackLayer:
-    """A conv/linear layer reverted to float alone in the trained QAT simulation (validation split)."""
+    """A conv/linear layer reverted to float alone in an int8 simulation of the float student (validation split)."""
 
     module: str
     drop_points: float  # the metric's drop below the float student with only this layer float
