@@ -102,13 +102,22 @@ def test_planted_scale_is_named(exported: dict[str, Any], fmt: str) -> None:
 
 
 @pytest.mark.onnx
-def test_build_verdict_records_failure(exported: dict[str, Any], tmp_path: Path) -> None:
+def test_build_verdict_names_node_or_records_failure(exported: dict[str, Any], tmp_path: Path) -> None:
+    """What validate stores in the manifest: the node from the saved carrier file, or why the report failed."""
     pytest.importorskip("onnxruntime")
-    src = _export(exported, "onnx")
+    from edgeforge.quant.qat import save_carrier
+
+    carrier_file = tmp_path / "student_qat.pt2"
+    save_carrier(exported["carrier"].quantized, exported["carrier"].example(2), str(carrier_file))
     art = tmp_path / "model.onnx"
-    shutil.copyfile(src, art)
-    verdict = first_divergent(tmp_path / "missing.pt2", art, _profile("onnx"), exported["x"])
-    assert verdict.node is None and verdict.metric.startswith("layer report failed: ")
+    _plant_onnx(_export(exported, "onnx"), art, PLANTED)
+    verdict = first_divergent(carrier_file, art, _profile("onnx"), exported["x"])
+    assert (verdict.module, verdict.op) == (PLANTED, "conv2d+relu") and "LSB" in verdict.metric
+    clean = tmp_path / "clean.onnx"
+    shutil.copyfile(_export(exported, "onnx"), clean)
+    assert first_divergent(carrier_file, clean, _profile("onnx"), exported["x"]).node is None
+    failed = first_divergent(tmp_path / "missing.pt2", art, _profile("onnx"), exported["x"])
+    assert failed.node is None and failed.metric.startswith("layer report failed: ")
 
 
 def test_first_divergent_in_manifest_schema_and_record() -> None:

@@ -21,6 +21,8 @@ def _target_record(manifest: dict[str, Any], name: str, where: Path) -> dict[str
     if name not in names:
         raise EdgeforgeError(f"{where}: no target {name!r} in this build (it has {', '.join(names) or 'none'})")
     rec = next(t for t in manifest["targets"] if t["name"] == name)
+    if rec.get("precision") != "int8":
+        raise EdgeforgeError(f"target {name} is {rec.get('precision')}; the layer report compares int8 artifacts")
     if not rec.get("artifact"):
         raise EdgeforgeError(f"target {name}: the build wrote no artifact ({rec.get('reason') or 'export failed'})")
     return rec
