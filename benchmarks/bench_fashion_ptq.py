@@ -17,7 +17,11 @@ in its own runtime on the full test split (10,000 images):
 - litert-torch's own PT2E PTQ of the float student.
 
 Settings: `int8` is the sample as shipped; `narrow` is a much narrower depthwise student (fewer
-channels per layer leave PTQ less redundancy to hide rounding in). Prints one Markdown table.
+channels per layer leave PTQ less redundancy to hide rounding in); `w4a8` puts the weights on a
+4-bit grid (`qat.scheme: w4a8`, [-7, 7] per channel, still stored in int8 tensors), where rounding
+alone moves every weight by up to 1/14 of its channel's range. onnxruntime's `quantize_static` and
+litert-torch's PTQ have no 4-bit per-channel convolution weights, so their rows are 8-bit only.
+Prints one Markdown table.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from bench_digits import litert_ptq, ort_ptq  # noqa: E402
 SETTINGS: dict[str, tuple[list[str], str]] = {
     "int8": ([], "build/fashion_mnist"),
     "narrow": (["student.width=8"], "build/fashion_mnist_narrow"),
+    "w4a8": (["qat.scheme=w4a8"], "build/fashion_mnist_w4a8"),
 }
 INT8_TARGETS = {"ONNX (onnxruntime)": "onnx-cpu-int8", "TFLite (LiteRT)": "tflite-cpu-int8",
                 "Core ML W8A8 (reference)": "coreml-iphone-int8", "ExecuTorch (XNNPACK)": "executorch-cpu-int8"}
@@ -68,17 +73,17 @@ def run_build(out: Path, overrides: list[str]) -> tuple[float, dict[str, Any]]:
     return wall, json.loads((out / "manifest.json").read_text())
 
 
-def ptq_carrier(student: torch.nn.Module, data: Any, calib: Any, range_init: str) -> torch.fx.GraphModule:
+def ptq_carrier(student: torch.nn.Module, data: Any, calib: Any, range_init: str, scheme: str) -> torch.fx.GraphModule:
     """edgeforge's own PTQ: the QAT stage with qat.epochs 0 (calibrated ranges, no fine-tuning)."""
     from edgeforge.config import QatConfig
     from edgeforge.quant.qat import quantization_aware_training
 
-    cfg = QatConfig.model_validate({"epochs": 0, "range_init": range_init})
+    cfg = QatConfig.model_validate({"epochs": 0, "range_init": range_init, "scheme": scheme})
     out = quantization_aware_training(student, None, data, calib, cfg, temperature=1.0, alpha=0.0, show_progress=False)
     return out.converted
 
 
-def nncf_carrier(student: torch.nn.Module, calib: torch.Tensor, bias_correction: bool) -> torch.fx.GraphModule:
+def nncf_carrier(student: torch.nn.Module, calib: torch.Tensor, bias_correction: bool, scheme: str) -> torch.fx.GraphModule:
     """NNCF's PTQ on the same PT2E graph and with the same quantizer (so only the ranges differ)."""
     import nncf
     from nncf.experimental.torch.fx import quantize_pt2e
@@ -88,7 +93,8 @@ def nncf_carrier(student: torch.nn.Module, calib: torch.Tensor, bias_correction:
 
     gm = export_for_training(copy.deepcopy(student).eval(), calib)
     batches = [calib[i : i + 64] for i in range(0, len(calib), 64)]
-    return quantize_pt2e(gm, Int8Quantizer(Int8Scheme(learn_activation_ranges=False)),
+    bits = 4 if scheme == "w4a8" else 8
+    return quantize_pt2e(gm, Int8Quantizer(Int8Scheme(learn_activation_ranges=False, weight_bits=bits)),
                          calibration_dataset=nncf.Dataset(batches), subset_size=len(batches),
                          fast_bias_correction=True if bias_correction else None)
 
@@ -147,7 +153,20 @@ def float_student_file(out: Path) -> Path:
     return staged[-1]
 
 
-def measure_setting(setting: str, tmp: Path, limit: int | None, reuse: bool) -> dict[str, Any]:
+def qat_in_process(lc: Any, student: torch.nn.Module, data: Any, cal: Any) -> torch.fx.GraphModule:
+    """The QAT stage as a build runs it (the setting's qat section, the teacher's KD term), without a build."""
+    from edgeforge.models.loading import load_teacher
+    from edgeforge.quant.qat import quantization_aware_training
+
+    cfg = lc.config
+    teacher = load_teacher(lc).eval()
+    out = quantization_aware_training(copy.deepcopy(student), teacher, data, cal, cfg.qat,
+                                      temperature=cfg.distill.temperature, alpha=cfg.distill.alpha, show_progress=True)
+    return out.converted
+
+
+def measure_setting(setting: str, tmp: Path, limit: int | None, reuse: bool,
+                    student_from: Path | None = None) -> dict[str, Any]:
     import yaml
 
     from edgeforge.config import load_config
@@ -158,7 +177,9 @@ def measure_setting(setting: str, tmp: Path, limit: int | None, reuse: bool) -> 
     out = ROOT.parent / folder
     m: dict[str, Any] | None = None
     wall = 0.0
-    if reuse:
+    if student_from is not None:
+        out = student_from
+    elif reuse:
         if (out / "manifest.json").is_file():
             m = json.loads((out / "manifest.json").read_text())
     else:
@@ -172,33 +193,42 @@ def measure_setting(setting: str, tmp: Path, limit: int | None, reuse: bool) -> 
     xt, yt = data.test.x.numpy(), data.test.y.numpy()
     test = (xt[:limit], yt[:limit]) if limit else (xt, yt)
     rows: dict[str, dict[str, float | str]] = {}
-    if m is not None:
+    qat_sim = (m or {}).get("models", {}).get("qat_simulation", {}).get("top1")
+    if student_from is not None:
+        carrier = qat_in_process(lc, student, data, cal)
+        with torch.no_grad():
+            qat_sim = float((carrier(data.test.x).argmax(1) == data.test.y).float().mean())
+        label = f"edgeforge QAT ({lc.config.qat.epochs} epoch, {lc.config.qat.scheme}, same exporters)"
+        rows[label] = export_and_score(carrier, student, data, cal.x, tmp / setting / "qat", test)
+        m = None
+    elif m is not None:
         rows["edgeforge QAT (the build's artifacts)"] = artifact_scores(out, m, test)
-    rows.update(peer_rows(student, data, cal, tmp / setting, test))
+    rows.update(peer_rows(student, data, cal, tmp / setting, test, lc.config.qat.scheme))
     with torch.no_grad():
         float_top1 = float((student(data.test.x).argmax(1) == data.test.y).float().mean())
     models = m["models"] if m else {}
     return {"wall": wall, "rows": rows, "teacher": models.get("teacher"), "float_top1": float_top1,
-            "params": sum(p.numel() for p in student.parameters()),
-            "qat_sim": models.get("qat_simulation", {}).get("top1"), "overrides": overrides}
+            "params": sum(p.numel() for p in student.parameters()), "qat_sim": qat_sim, "overrides": overrides}
 
 
 def peer_rows(student: torch.nn.Module, data: Any, cal: Any, tmp: Path,
-              test: tuple[np.ndarray, np.ndarray]) -> dict[str, dict[str, float | str]]:
+              test: tuple[np.ndarray, np.ndarray], scheme: str) -> dict[str, dict[str, float | str]]:
     from edgeforge.carrier import Carrier
     from edgeforge.exporters import get_exporter
     from edgeforge.runtimes import get_runtime
     from edgeforge.targets import resolve
 
     makers: dict[str, Callable[[], torch.fx.GraphModule]] = {
-        "edgeforge PTQ, minmax ranges (qat.epochs 0)": lambda: ptq_carrier(student, data, cal, "minmax"),
-        "edgeforge PTQ, histogram ranges (qat.epochs 0)": lambda: ptq_carrier(student, data, cal, "histogram"),
-        "NNCF PTQ (quantize_pt2e), no bias correction": lambda: nncf_carrier(student, cal.x, False),
-        "NNCF PTQ (quantize_pt2e) + fast bias correction": lambda: nncf_carrier(student, cal.x, True),
+        "edgeforge PTQ, minmax ranges (qat.epochs 0)": lambda: ptq_carrier(student, data, cal, "minmax", scheme),
+        "edgeforge PTQ, histogram ranges (qat.epochs 0)": lambda: ptq_carrier(student, data, cal, "histogram", scheme),
+        "NNCF PTQ (quantize_pt2e), no bias correction": lambda: nncf_carrier(student, cal.x, False, scheme),
+        "NNCF PTQ (quantize_pt2e) + fast bias correction": lambda: nncf_carrier(student, cal.x, True, scheme),
     }
     rows: dict[str, dict[str, float | str]] = {}
     for label, make in makers.items():
         rows[label] = export_and_score(make(), student, data, cal.x, tmp / f"peer{len(rows)}", test)
+    if scheme != "w8a8":  # the two tools below quantize convolution weights to 8 bits only
+        return rows
     if "ONNX (onnxruntime)" in INT8_TARGETS:
         onnx_t, fp32_t = resolve(["onnx-cpu-int8", "onnx-cpu-fp32"])
         carrier = Carrier(float_model=student, quantized=None, input_shape=data.input_shape,
@@ -244,6 +274,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="score on the first N test images only (a quick look)")
     ap.add_argument("--reuse", action="store_true", help="take a finished build folder as it is (no edgeforge build run)")
     ap.add_argument("--format", action="append", choices=sorted(FORMATS), help="int8 artifact formats to compare (default: all)")
+    ap.add_argument("--student-from", type=Path, default=None,
+                    help="a finished build folder whose float student every setting starts from; QAT then runs "
+                         "in this process with the setting's qat section (no distillation, no build)")
     args = ap.parse_args()
     for col in [c for c, t in INT8_TARGETS.items() if args.format and t.split("-")[0] not in args.format]:
         del INT8_TARGETS[col]
@@ -251,7 +284,8 @@ def main() -> None:
         sys.exit("error: samples/fashion_mnist/teacher.pt is missing: run `python samples/fashion_mnist/prepare.py` first")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {s: measure_setting(s, Path(tmp), args.limit, args.reuse) for s in (args.setting or SETTINGS)}
+        results = {s: measure_setting(s, Path(tmp), args.limit, args.reuse, args.student_from)
+                   for s in (args.setting or SETTINGS)}
     print_table(results, time.perf_counter() - t0)
 
 
