@@ -271,7 +271,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], dict
         else:
             out = get_runtime(fmt).open(art.path, target).run_all(c["x"])
             outputs = {op: out[:, sl] for op, sl in c["slices"].items()}
-        return {**c, "info": art.info, "outputs": outputs}
+        return {**c, "info": art.info, "outputs": outputs, "path": art.path}
 
     return artifact
 
@@ -295,6 +295,21 @@ def test_artifact_matches_qat_simulation_within_one_lsb(built: Any, fmt: str, mo
     worst = int(np.argmax(excess))
     assert excess.flat[worst] <= 0, (
         f"{op} in {fmt}: |artifact - QAT simulation| = {abs(got.flat[worst] - sim.flat[worst]) / scale:.2f} LSB")
+
+
+@pytest.mark.onnx
+def test_onnxruntime_runs_pools_and_hardsigmoid_in_int8(built: Any) -> None:
+    """The exporter writes mean((2, 3)) as GlobalAveragePool and hardsigmoid's +3 and x1/6 as int8
+    constants: onnxruntime has int8 kernels for those (QLinearGlobalAveragePool, QLinearAdd/Mul),
+    not for ReduceMean or an Add/Mul with a float constant."""
+    from edgeforge.runtimes.onnxruntime import optimized_ops
+
+    r = built("image", "onnx")
+    assert r["info"]["global_average_pools"] >= 2  # the SE mean (keepdim) and the head-style mean
+    assert r["info"]["quantized_scalars"] >= 4  # +3 and x1/6 of both hardsigmoids
+    ops = optimized_ops(r["path"])
+    assert ops.get("QLinearGlobalAveragePool", 0) >= 2 and "ReduceMean" not in ops, ops
+    assert ops.get("QLinearAdd", 0) >= 2 and ops.get("QLinearMul", 0) >= 4, ops
 
 
 def test_litert_tensor_names_resolve_to_module_paths() -> None:

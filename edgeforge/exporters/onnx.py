@@ -19,7 +19,7 @@ from ..carrier import Carrier
 from ..errors import ExportError, require
 from ..targets import TargetProfile
 from .base import EXPORTERS, ExportedArtifact, Exporter, converter_failed
-from .onnx_qdq import qdq_dtypes, store_as_uint8
+from .onnx_qdq import global_average_pools, qdq_dtypes, quantized_scalar_operands, store_as_uint8
 
 
 def _export_program(model: torch.nn.Module, carrier: Carrier, target: TargetProfile) -> tuple[Any, torch.Tensor]:
@@ -181,6 +181,8 @@ class OnnxExporter(Exporter):
         proto = prog.model_proto
         _rename_io(proto, opts.input_name, opts.output_name)
         n_bias = quantize_biases(proto) if target.precision == "int8" else 0
+        n_pools = global_average_pools(proto) if target.precision == "int8" else 0
+        n_scalars = quantized_scalar_operands(proto) if target.precision == "int8" else 0
         if target.precision == "int8" and opts.qdq_dtype == "uint8":
             store_as_uint8(proto)
         strip_debug_info(proto, {"producer": "edgeforge", "model": carrier.name, "target": target.name,
@@ -194,6 +196,8 @@ class OnnxExporter(Exporter):
                       "batch": target.input.batch},
             "output": {"name": opts.output_name},
             "int32_biases": n_bias,
+            "global_average_pools": n_pools,
+            "quantized_scalars": n_scalars,
             "qdq_zero_points": qdq_dtypes(proto),
             "exporter": f"torch.onnx (dynamo) {torch.__version__}, onnx {onnx.__version__}",
         })
