@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -38,9 +37,7 @@ def test_unsupported_op_fails_preflight_fast_before_training(make_config, tmp_pa
     (tmp_path / "detnet.py").write_text(DET_STUDENT)
     cfg = make_config(**{"student.family": None, "student.factory": "detnet:student",
                          "targets": ["onnx-cpu-int8", "tflite-cpu-int8"]})
-    t0 = time.perf_counter()
     code = main(["build", str(cfg)])
-    elapsed = time.perf_counter() - t0
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("edgeforge: error:")]
     assert code == 1 and len(lines) == 1, err[-2000:]
@@ -48,7 +45,6 @@ def test_unsupported_op_fails_preflight_fast_before_training(make_config, tmp_pa
     assert "preflight failed for 1 target(s)" in line
     assert "target tflite-cpu-int8: the tflite converter cannot take op aten." in line and "linalg_det" in line
     assert line.count("replace that op in the student or drop the target") == 1
-    assert elapsed < 60
     assert not list((tmp_path / "out" / "cache").glob("distill-*")), "no training may start after a failed preflight"
     # the ONNX target alone passes preflight (ONNX has Det), through the preflight command
     assert main(["preflight", str(cfg), "--target", "onnx-cpu-int8"]) == 0
