@@ -38,7 +38,17 @@ def host_facts() -> dict[str, Any]:
         model = platform.processor() or model
     int8 = [f for f in INT8_FLAGS if f in flags]
     return {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "cpu": {"model": model, "int8_flags": int8, "int8_class": int8_class(platform.machine(), int8)}}
+            "cpu": {"model": model, "int8_flags": int8, "int8_class": int8_class(platform.machine(), int8)},
+            "load_average": _load_average()}
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average as the build ends (its timings ran in the minutes before): on a shared
+    machine it says whether host latency was measured on a quiet CPU."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # Windows has no load average
+        return None
 
 
 def int8_class(machine: str, flags: list[str]) -> str:

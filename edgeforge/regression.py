@@ -69,6 +69,19 @@ class Alike:
     machine: bool = True
     int8_kernels: bool = True
     why_top1: str = ""
+    busy: str = ""  # why host latency is not comparable: a build ran on a busy machine
+
+
+# Host latency is compared only between builds whose machine was this quiet (1-minute load per CPU).
+QUIET_LOAD_PER_CPU = 0.5
+
+
+def _busy(m: dict[str, Any], which: str) -> str:
+    host = m.get("host") or {}
+    load, cpus = host.get("load_average"), host.get("cpus") or 1
+    if load is None or load / cpus < QUIET_LOAD_PER_CPU:
+        return ""
+    return f"the host was busy in {which} (load average {load:.2f} on {cpus} CPUs)"
 
 
 def _accuracy_words(new: dict[str, Any]) -> tuple[str, str, str]:
@@ -102,6 +115,10 @@ def _alike(new: dict[str, Any], old: dict[str, Any], res: CheckResult) -> Alike:
                                "baseline on this host class to tell the two apart")
     elif not a.machine:
         res.differences.append(f"measured on different machines: host '{ho}' vs '{hn}': latency is not compared")
+    a.busy = " and ".join(x for x in (_busy(old, "the baseline"), _busy(new, "this build")) if x)
+    if a.busy and a.machine:
+        res.differences.append(f"{a.busy}: host latency is compared only between builds on a quiet machine "
+                               f"(load per CPU under {QUIET_LOAD_PER_CPU})")
     return a
 
 
@@ -214,6 +231,8 @@ def _latency_skip(nl: dict[str, Any] | None, ol: dict[str, Any] | None, alike: A
         return f"not compared: measured on '{ol.get('measured_on')}' in the baseline, '{nl.get('measured_on')}' here"
     if nl.get("measured_on") == "host" and not alike.machine:
         return "not compared: measured on different machines (see above)"
+    if nl.get("measured_on") == "host" and alike.busy:
+        return f"not compared: {alike.busy}"
     if nl.get("threads") != ol.get("threads") or nl.get("batch") != ol.get("batch"):
         return (f"not compared: batch {ol.get('batch')} / {ol.get('threads')} thread(s) in the baseline, "
                 f"batch {nl.get('batch')} / {nl.get('threads')} here")

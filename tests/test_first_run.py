@@ -292,6 +292,24 @@ def test_latency_messages_say_which_build_measured_it() -> None:
                     "iphone-15-pro-int8": "not compared: measured on 'host' in the baseline, 'ssh:pi@board' here"}
 
 
+def test_host_latency_from_a_busy_machine_is_not_compared() -> None:
+    old, new = _manifest(), _manifest()
+    slower = new["targets"][2]["metrics"]["latency"]
+    slower["p50_ms"], slower["p90_ms"] = slower["p50_ms"] * 3, slower["p90_ms"] * 3
+    old["host"]["load_average"], new["host"]["load_average"] = 0.2, 0.4  # quiet: 0.1 and 0.2 per CPU
+    assert [c.target for c in compare(new, old, RegressionConfig()).failures] == ["iphone-15-pro-int8"] * 2
+    new["host"]["load_average"] = 6.48
+    res = compare(new, old, RegressionConfig())
+    assert res.exit_code == 0 and not res.failures
+    assert ("the host was busy in this build (load average 6.48 on 2 CPUs): host latency is compared only between "
+            "builds on a quiet machine (load per CPU under 0.5)") in res.differences
+    lat = {c.target: c.message for c in res.comparisons if c.check == "latency"}
+    assert lat["iphone-15-pro-int8"] == "not compared: the host was busy in this build (load average 6.48 on 2 CPUs)"
+    del old["host"]["load_average"]  # a baseline from before load was recorded: compared as before unless busy now
+    new["host"]["load_average"] = 0.4
+    assert len(compare(new, old, RegressionConfig()).failures) == 2
+
+
 def test_only_common_compares_the_shared_targets_and_lists_the_rest(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     old = _manifest()
