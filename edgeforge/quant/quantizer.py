@@ -47,19 +47,7 @@ class Int8Scheme:
         return 2 ** (self.weight_bits - 1) - 1
 
     def activation_spec(self) -> QuantizationSpec:
-        observer: Any = HistogramObserver if self.range_init == "histogram" else MovingAverageMinMaxObserver
-        kwargs: dict[str, Any] = {}
-        if self.range_init != "histogram":
-            kwargs["averaging_constant"] = 0.01
-        ctr = _fake_quant(observer, -128, 127, self.learn_activation_ranges, torch.per_tensor_affine, **kwargs)
-        return QuantizationSpec(
-            dtype=torch.int8,
-            quant_min=-128,
-            quant_max=127,
-            qscheme=torch.per_tensor_affine,
-            is_dynamic=False,
-            observer_or_fake_quant_ctr=ctr,
-        )
+        return self._per_tensor_affine(learned=self.learn_activation_ranges)
 
     def bounded_spec(self) -> QuantizationSpec:
         """The output of relu/relu6/clamp: observed ranges only, never learned.
@@ -70,9 +58,12 @@ class Int8Scheme:
         observed range never exceeds what the clamp lets through, so the clamp folds into the int8
         kernel in every format.
         """
+        return self._per_tensor_affine(learned=False)
+
+    def _per_tensor_affine(self, *, learned: bool) -> QuantizationSpec:
         observer: Any = HistogramObserver if self.range_init == "histogram" else MovingAverageMinMaxObserver
         kwargs: dict[str, Any] = {} if self.range_init == "histogram" else {"averaging_constant": 0.01}
-        ctr = _fake_quant(observer, -128, 127, False, torch.per_tensor_affine, **kwargs)
+        ctr = _fake_quant(observer, -128, 127, learned, torch.per_tensor_affine, **kwargs)
         return QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
                                 is_dynamic=False, observer_or_fake_quant_ctr=ctr)
 
