@@ -122,24 +122,30 @@ LSB = 1.0 + 1e-3  # one quantization step, plus float rounding of the dequantize
 FP16 = 2.0**-10  # Core ML int8 programs compute (and return) fp16 between their quantize ops
 
 
-def _qat(model: nn.Module, x: torch.Tensor) -> torch.fx.GraphModule:
-    """Prepare with edgeforge's quantizer, initialise ranges on x, train 3 LSQ steps, convert."""
+def _qat(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...],
+         exported: torch.fx.GraphModule | None = None) -> torch.fx.GraphModule:
+    """Prepare with edgeforge's quantizer, initialise ranges on x, train 3 LSQ steps, convert.
+
+    ``x`` is one batch or a tuple of input batches; a multi-input model comes already ``exported``.
+    """
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     from edgeforge.quant.qat import _set_fake_quant
 
+    xs = x if isinstance(x, tuple) else (x,)
     with torch.no_grad():
-        target = model(x)
-    prepared = prepare_qat_pt2e(export_for_training(model, x), Int8Quantizer(float_modules=("combine",)))
+        target = model(*xs)
+    gm = exported if exported is not None else export_for_training(model, xs[0])
+    prepared = prepare_qat_pt2e(gm, Int8Quantizer(float_modules=("combine",)))
     move_exported_model_to_eval(prepared)
     _set_fake_quant(prepared, observe=True, quantize=False, learn=False)
-    prepared(x)
+    prepared(*xs)
     _set_fake_quant(prepared, observe=False, quantize=True, learn=True)
     move_exported_model_to_train(prepared)
     opt = torch.optim.Adam(prepared.parameters(), 1e-3)
     for _ in range(3):
-        loss = F.mse_loss(prepared(x), target)
+        loss = F.mse_loss(prepared(*xs), target)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -580,3 +580,9 @@ def _gather(a: Args) -> np.ndarray:
     idx = np.asarray(a.indices).astype(np.int64)
     axis = int(a.get("axis", 0))
     return np.take(x, np.where(idx < 0, idx + x.shape[axis], idx), axis=axis)
+
+
+@kernel("select")
+def _select(a: Args) -> np.ndarray:
+    """MIL select(cond, a, b): elementwise, broadcasting (coremltools wraps negative embedding ids with it)."""
+    return np.where(np.asarray(a.cond).astype(bool), np.asarray(a.a), np.asarray(a.b))

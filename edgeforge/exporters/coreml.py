@@ -24,6 +24,7 @@ import torch
 from .. import __version__
 from ..carrier import Carrier
 from ..errors import ExportError, require
+from ..inputs import format_dtype
 from ..targets import TargetProfile
 from .base import EXPORTERS, ExportedArtifact, Exporter, converter_failed
 
@@ -119,6 +120,24 @@ def compress_weights(ml: Any, weights: str) -> Any:
     return fn(ml, cto.OptimizationConfig(op_type_configs={"conv": cfg, "linear": cfg}))
 
 
+def input_names(carrier: Carrier, target: TargetProfile) -> list[str]:
+    """One input keeps the profile's name (coreml.input_name); several keep the model's own names."""
+    return [target.coreml.input_name] if len(carrier.inputs) == 1 else [s.name for s in carrier.inputs]
+
+
+def _input_types(ct: Any, carrier: Carrier, target: TargetProfile) -> list[Any]:
+    """One ct input type per model input. Core ML has no int64 inputs: int64 ids are declared int32."""
+    batch = int(target.input.batch)
+    if len(carrier.inputs) == 1 and carrier.inputs[0].is_float:
+        return [_input_type(ct, carrier, target, (batch, *carrier.inputs[0].shape))]
+    if target.coreml.input_type == "image":
+        raise ExportError("coreml.input_type: image needs a model with a single float image input, this one takes "
+                          f"{', '.join(f'{s.name} ({s.dtype})' for s in carrier.inputs)}", target=target.name,
+                          key="coreml.input_type", fix="set coreml.input_type: tensor")
+    return [ct.TensorType(name=name, shape=(batch, *s.shape), dtype=np.dtype(format_dtype(s, "coreml")).type)
+            for name, s in zip(input_names(carrier, target), carrier.inputs, strict=True)]
+
+
 def _input_type(ct: Any, carrier: Carrier, target: TargetProfile, shape: tuple[int, ...]) -> Any:
     opts = target.coreml
     if opts.input_type == "tensor":
@@ -168,8 +187,8 @@ class CoremlExporter(Exporter):
         self.check_target(target)
         if target.precision == "int8" and carrier.quantized is None:
             raise ExportError("int8 needs the QAT carrier, which this build did not produce", target=target.name)
-        shape = (int(target.input.batch), *carrier.input_shape)
-        ml = _convert(ct, carrier, target, shape)
+        shape = (int(target.input.batch), *carrier.inputs[0].shape)
+        ml = _convert(ct, carrier, target)
         ops = op_histogram(ml.get_spec())
         compression = _compression_record(ops, target)
         if target.precision == "int8" and not {"quantize", "dequantize"} <= set(ops):
@@ -185,7 +204,10 @@ class CoremlExporter(Exporter):
             "compute_precision": "fp32" if target.precision == "fp32" else "fp16",
             "weight_compression": compression,
             "specification_version": spec.specificationVersion,
-            "input": {"name": opts.input_name, "type": opts.input_type, "layout": "NCHW", "shape": list(shape)},
+            "input": {"name": input_names(carrier, target)[0], "type": opts.input_type, "layout": "NCHW",
+                      "shape": list(shape)},
+            "inputs": [{"name": n, "dtype": format_dtype(s, "coreml"), "shape": [int(target.input.batch), *s.shape]}
+                       for n, s in zip(input_names(carrier, target), carrier.inputs, strict=True)],
             "output": {"name": opts.output_name, "dtype": "float32"},
             "exporter": f"coremltools {ct.__version__} (torch.export {torch.__version__})",
             "package": "byte-reproducible (item ids from paths, sorted metadata, no conversion date); "
@@ -193,20 +215,21 @@ class CoremlExporter(Exporter):
         })
 
 
-def _convert(ct: Any, carrier: Carrier, target: TargetProfile, shape: tuple[int, ...]) -> Any:
+def _convert(ct: Any, carrier: Carrier, target: TargetProfile) -> Any:
     opts = target.coreml
     model: torch.nn.Module = carrier.quantized if target.precision == "int8" else carrier.float_model.eval()  # type: ignore[assignment]
     # int8 runs its float segments in fp16, as the Neural Engine does; fp32 stays fp32 end to end.
     precision = ct.precision.FLOAT32 if target.precision == "fp32" else ct.precision.FLOAT16
     stage = "convert"
     try:
-        ep = fill_default_args(torch.export.export(model, (torch.zeros(shape),)).run_decompositions({}))
+        examples = carrier.examples(int(target.input.batch))
+        ep = fill_default_args(torch.export.export(model, examples).run_decompositions({}))
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()), _quiet_coremltools():
             warnings.simplefilter("ignore")
             ml = ct.convert(
                 ep, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, opts.minimum_deployment_target),
-                inputs=[_input_type(ct, carrier, target, shape)],
+                inputs=_input_types(ct, carrier, target),
                 # float32 out whatever the compute precision: consumers get logits as float32.
                 outputs=[ct.TensorType(name=opts.output_name, dtype=np.float32)],
                 compute_precision=precision, skip_model_load=True,
@@ -240,7 +263,12 @@ def _describe(ml: Any, carrier: Carrier, target: TargetProfile, shape: tuple[int
     ml.license = ""
     ml.short_description = (f"{carrier.name}: {carrier.num_classes}-class classifier, {target.precision}"
                             + (f", {opts.weights} weights" if compressed else "") + f" (edgeforge target {target.name})")
-    ml.input_description[opts.input_name] = f"NCHW {shape}" + (" image" if opts.input_type == "image" else " float32")
+    if len(carrier.inputs) == 1 and carrier.inputs[0].is_float:
+        ml.input_description[opts.input_name] = f"NCHW {shape}" + (" image" if opts.input_type == "image" else " float32")
+    else:
+        for name, s in zip(input_names(carrier, target), carrier.inputs, strict=True):
+            kind = "token ids" if s.vocab_size else ("mask" if not s.is_float else "features")
+            ml.input_description[name] = f"{kind}, {format_dtype(s, 'coreml')} {[int(target.input.batch), *s.shape]}"
     ml.output_description[opts.output_name] = "logits (float32), one per class in class_labels"
     ml.user_defined_metadata.update({
         "class_labels": ",".join(carrier.class_names), "edgeforge.target": target.name,

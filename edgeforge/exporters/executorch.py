@@ -92,6 +92,7 @@ def delegation_summary(gm: torch.fx.GraphModule, backend: str) -> dict[str, Any]
     """How much of a lowered program the delegate took, by op, and what stayed in portable kernels."""
     delegated: Counter[str] = Counter()
     portable: Counter[str] = Counter()
+    by_module: dict[str, list[str]] = {}
     subgraphs = 0
     for node in gm.graph.nodes:
         if node.op == "get_attr" and str(node.target).startswith("lowered_module"):
@@ -104,6 +105,9 @@ def delegation_summary(gm: torch.fx.GraphModule, backend: str) -> dict[str, Any]
             name = _op_name(node.target)
             if name not in _BOOKKEEPING:
                 portable[name] += 1
+                ops = by_module.setdefault(_module_of(node), [])
+                if name not in ops:
+                    ops.append(name)
     return {
         "backend": backend,
         "delegated_subgraphs": subgraphs,
@@ -111,7 +115,14 @@ def delegation_summary(gm: torch.fx.GraphModule, backend: str) -> dict[str, Any]
         "portable_nodes": sum(portable.values()),
         "delegated_ops": dict(sorted(delegated.items())),
         "portable_ops": dict(sorted(portable.items())),
+        "portable_by_module": dict(sorted(by_module.items())),
     }
+
+
+def _module_of(node: torch.fx.Node) -> str:
+    """The student's module an op was written in (``layers.0.norm1``), from torch.export's module stack."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return str(list(stack.values())[-1][0]) if stack else "(top level)"
 
 
 @contextlib.contextmanager
@@ -159,14 +170,14 @@ class ExecutorchExporter(Exporter):
         exir = require("executorch.exir", "executorch")
         from . import float_layers  # imports the quantizer (torchao): only when exporting
         opts = options_for(target)
-        example = carrier.example(int(target.input.batch))
+        examples = carrier.examples(int(target.input.batch))
         with _quiet_warnings():
             try:
-                gm = torch.export.export(self.reference_model(carrier, target), (example,)).module()
+                gm = torch.export.export(self.reference_model(carrier, target), examples).module()
                 rewrites = keepdim_global_means(gm)
-                ep = torch.export.export(gm, (example,))
+                ep = torch.export.export(gm, examples)
                 with torch.no_grad():
-                    out_shape = [int(v) for v in gm(example).shape]
+                    out_shape = [int(v) for v in gm(*examples).shape]
             except ExportError:
                 raise
             except Exception as exc:
@@ -188,8 +199,11 @@ class ExecutorchExporter(Exporter):
             "backend": opts.backend,
             "delegation": summary,
             "weights": weights,  # conv/linear weights as lowered: int8 or float, by module
-            "input": {"shape": list(example.shape), "dtype": "float32", "layout": "NCHW",
+            "input": {"shape": list(examples[0].shape), "dtype": carrier.inputs[0].dtype, "layout": "NCHW",
                       "batch": target.input.batch},
+            # A .pte program has no input names: sessions feed the inputs in this order.
+            "inputs": [{"name": s.name, "dtype": s.dtype, "shape": list(x.shape)}
+                       for s, x in zip(carrier.inputs, examples, strict=True)],
             "output": {"shape": out_shape, "dtype": "float32"},
             "rewrites": {"keepdim_global_mean": rewrites},
             "exporter": f"executorch {version} (to_edge_transform_and_lower, {summary['backend']}), "
@@ -197,6 +211,7 @@ class ExecutorchExporter(Exporter):
         }
         if target.precision == "int8":
             info["float_islands"] = [f"{op} x{n}" for op, n in summary["portable_ops"].items()]
+            info["float_islands_by_module"] = summary["portable_by_module"]
         return ExportedArtifact(path, self.format, target.precision, info)
 
     @staticmethod

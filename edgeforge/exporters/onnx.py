@@ -13,23 +13,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.export import Dim
 
 from ..carrier import Carrier
 from ..errors import ExportError, require
+from ..inputs import batch_dims
 from ..targets import TargetProfile
 from .base import EXPORTERS, ExportedArtifact, Exporter, converter_failed
 from .onnx_qdq import global_average_pools, qdq_dtypes, quantized_scalar_operands, store_as_uint8
 
 
-def _export_program(model: torch.nn.Module, carrier: Carrier, target: TargetProfile) -> tuple[Any, torch.Tensor]:
+def _export_program(model: torch.nn.Module, carrier: Carrier, target: TargetProfile) -> tuple[Any, tuple[torch.Tensor, ...]]:
     batch = target.input.batch
     if batch == "dynamic":
-        ex = carrier.example(2)
-        ep = torch.export.export(model, (ex,), dynamic_shapes=({0: Dim("batch", min=1, max=1 << 16)},))
+        ex = carrier.examples(2)
+        ep = torch.export.export(model, ex, dynamic_shapes=batch_dims(carrier.inputs))
     else:
-        ex = carrier.example(int(batch))
-        ep = torch.export.export(model, (ex,))
+        ex = carrier.examples(int(batch))
+        ep = torch.export.export(model, ex)
     return ep, ex
 
 
@@ -105,10 +105,14 @@ def op_histogram(model: Any) -> dict[str, int]:
     return dict(sorted(ops.items()))
 
 
-def _rename_io(model: Any, input_name: str, output_name: str) -> None:
+def _rename_io(model: Any, input_names: list[str], output_name: str) -> None:
     g = model.graph
-    renames = {g.input[0].name: input_name, g.output[0].name: output_name}
-    for vi in list(g.input[:1]) + list(g.output[:1]):
+    if len(g.input) != len(input_names):
+        raise ExportError(f"the exported graph has {len(g.input)} inputs, the model declares {len(input_names)} "
+                          f"({', '.join(input_names)}); an input the model ignores is dropped by the exporter")
+    renames = {vi.name: name for vi, name in zip(g.input, input_names, strict=True)}
+    renames[g.output[0].name] = output_name
+    for vi in list(g.input) + list(g.output[:1]):
         vi.name = renames[vi.name]
     for n in g.node:
         for i, name in enumerate(n.input):
@@ -141,8 +145,20 @@ class _HalfCompute(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.half()).float()
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.model(*(x.half() if x.is_floating_point() else x for x in xs)).float()
+
+
+def _inputs_info(model: Any) -> list[dict[str, Any]]:
+    """Name, element type and shape (a dynamic dim by its name) of each graph input, in order."""
+    from onnx import TensorProto
+
+    out = []
+    for vi in model.graph.input:
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+        out.append({"name": vi.name, "dtype": TensorProto.DataType.Name(t.elem_type).lower(), "shape": dims})
+    return out
 
 
 class OnnxExporter(Exporter):
@@ -157,7 +173,8 @@ class OnnxExporter(Exporter):
         self.check_target(target)
         if target.input.layout != "NCHW" or target.input.dtype != "float32":
             raise ExportError(
-                f"target {target.name}: the ONNX exporter writes NCHW float32 inputs; set input.layout: NCHW, input.dtype: float32"
+                f"target {target.name}: the ONNX exporter writes NCHW float32 (and integer token) inputs; "
+                "set input.layout: NCHW, input.dtype: float32"
             )
         if target.precision == "int8":
             if carrier.quantized is None:
@@ -173,13 +190,15 @@ class OnnxExporter(Exporter):
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(buf), _quiet_logger("torch.onnx"):
                 warnings.simplefilter("ignore")
-                prog = torch.onnx.export(ep, (ex,), dynamo=True, opset_version=opts.opset, verbose=False)
+                prog = torch.onnx.export(ep, ex, dynamo=True, opset_version=opts.opset, verbose=False)
         except Exception as exc:
             raise converter_failed("torch.onnx.export", exc, carrier, target) from None
         if prog is None:
             raise ExportError(f"target {target.name}: torch.onnx.export returned no model")
         proto = prog.model_proto
-        _rename_io(proto, opts.input_name, opts.output_name)
+        # One input keeps the profile's name (onnx.input_name); several keep the model's own names.
+        names = [opts.input_name] if len(carrier.inputs) == 1 else [s.name for s in carrier.inputs]
+        _rename_io(proto, names, opts.output_name)
         n_bias = quantize_biases(proto) if target.precision == "int8" else 0
         n_pools = global_average_pools(proto) if target.precision == "int8" else 0
         n_scalars = quantized_scalar_operands(proto) if target.precision == "int8" else 0
@@ -192,8 +211,9 @@ class OnnxExporter(Exporter):
         return ExportedArtifact(path, self.format, target.precision, {
             "opset": opts.opset,
             "ops": op_histogram(proto),
-            "input": {"name": opts.input_name, "layout": "NCHW", "dtype": "float32",
+            "input": {"name": names[0], "layout": "NCHW", "dtype": carrier.inputs[0].dtype,
                       "batch": target.input.batch},
+            "inputs": _inputs_info(proto),
             "output": {"name": opts.output_name},
             "int32_biases": n_bias,
             "global_average_pools": n_pools,

@@ -24,6 +24,7 @@ import torch
 
 from ..carrier import Carrier
 from ..errors import ExportError, require
+from ..inputs import batch_dims
 from ..records import Check
 from ..targets import TargetProfile
 from .base import EXPORTERS, ExportedArtifact, Exporter, converter_failed, first_line
@@ -177,6 +178,28 @@ def set_io_types(data: bytes, input_dtype: str, output_dtype: str) -> bytes:
     return _write_model(model)
 
 
+def name_inputs(data: bytes, names: list[str]) -> bytes:
+    """Give the file's inputs the model's names (litert-torch writes ``args_0``, ``args_1``, ...).
+
+    The signature's input names and the input tensors' names change; the subgraph's input order
+    (the model's argument order, which sessions feed) stays as it is.
+    """
+    model = _read_model(data)
+    sg = model.subgraphs[0]
+    if len(sg.inputs) != len(names):
+        raise ExportError(f"the converted file has {len(sg.inputs)} inputs, the model declares {len(names)} "
+                          f"({', '.join(names)}); an input the model ignores is dropped by the converter")
+    by_tensor = {int(t): name for t, name in zip(sg.inputs, names, strict=True)}
+    for t, name in by_tensor.items():
+        old = sg.tensors[t].name
+        old = old.decode() if isinstance(old, bytes) else str(old or "")
+        sg.tensors[t].name = f"serving_default_{name}:0" if old.startswith("serving_default_") else name
+    for sig in model.signatureDefs or []:
+        for tm in sig.inputs or []:
+            tm.name = by_tensor.get(int(tm.tensorIndex), tm.name)
+    return _write_model(model)
+
+
 def fp16_weights(data: bytes) -> bytes:
     """Store CONV/DEPTHWISE_CONV/FULLY_CONNECTED weights as float16 behind DEQUANTIZE ops (ai-edge-quantizer)."""
     aeq = require("ai_edge_quantizer.quantizer", "tflite")
@@ -288,6 +311,20 @@ def describe_float_ops(float_ops: list[Any], limit: int = 8) -> str:
     return ", ".join(parts[:limit]) + (f", ... ({len(parts) - limit} more)" if len(parts) > limit else "")
 
 
+def _check_io(info: dict[str, Any], carrier: Carrier, target: TargetProfile) -> None:
+    """Float inputs (and the output) have the profile's dtype; integer inputs stay integers, unscaled."""
+    got = [i["dtype"] for i in info["inputs"]] + [info["outputs"][0]["dtype"]]
+    want = [target.input.dtype if s.is_float else s.dtype for s in carrier.inputs] + [target.tflite.output_dtype]
+    if len(got) != len(want):
+        raise ExportError(f"the converted file has {len(got) - 1} input(s), the model declares {len(want) - 1} "
+                          f"({', '.join(s.name for s in carrier.inputs)})", target=target.name)
+    # litert-torch may narrow int64 ids to int32: any integer type is accepted for an integer input.
+    bad = [(w, g) for w, g in zip(want, got, strict=True) if w != g and not (w.startswith("int") and g in ("int32", "int64"))]
+    if bad:
+        raise ExportError(f"the converted file has {'/'.join(got)} inputs/output, the profile asks for "
+                          f"{'/'.join(want)} (litert-torch changed its int8 I/O?)", target=target.name)
+
+
 class TfliteExporter(Exporter):
     format = "tflite"
     suffix = ".tflite"
@@ -323,7 +360,7 @@ class TfliteExporter(Exporter):
         with _quiet():  # importing litert-torch logs from C++ (absl, oneDNN) straight to fd 2
             litert_torch = require("litert_torch", "tflite")
             require("ai_edge_litert", "tflite")
-        data = _convert(litert_torch, carrier, target)
+        data = name_inputs(_convert(litert_torch, carrier, target), [s.name for s in carrier.inputs])
         if target.precision == "fp16":
             with _quiet():
                 data = fp16_weights(data)
@@ -333,11 +370,7 @@ class TfliteExporter(Exporter):
             except ExportError as exc:
                 raise converter_failed("int8 I/O of litert-torch's file", exc, carrier, target) from None
         info = describe(data)
-        got = (info["inputs"][0]["dtype"], info["outputs"][0]["dtype"])
-        want = (target.input.dtype, target.tflite.output_dtype)
-        if got != want:
-            raise ExportError(f"the converted file has {got[0]} input / {got[1]} output, the profile asks for "
-                              f"{want[0]} / {want[1]} (litert-torch changed its int8 I/O?)", target=target.name)
+        _check_io(info, carrier, target)
         if target.precision != "int8":
             info.pop("float_ops")  # every op is float by design; the list is about int8 files
             info.pop("float_edges")
@@ -359,8 +392,10 @@ class TfliteExporter(Exporter):
         })
 
 
-def _source_model(litert_torch: Any, carrier: Carrier, target: TargetProfile) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The module litert-torch converts (the unfolded carrier for int8) and its example input."""
+def _source_model(litert_torch: Any, carrier: Carrier,
+                  target: TargetProfile) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...], list[int]]:
+    """The module litert-torch converts (the unfolded carrier for int8), its example inputs, and
+    which of them are turned channel-last (NHWC applies to 4-D float image inputs only)."""
     if target.precision == "int8":
         if carrier.quantized is None:
             raise ExportError("int8 needs the QAT carrier, which this build did not produce", target=target.name)
@@ -370,21 +405,22 @@ def _source_model(litert_torch: Any, carrier: Carrier, target: TargetProfile) ->
         model = copy.deepcopy(carrier.float_model)
     _set_eval(model)
     batch = target.input.batch
-    example = carrier.example(2 if batch == "dynamic" else int(batch))
-    if target.input.layout == "NHWC":
-        model = litert_torch.to_channel_last_io(model, args=[0])
-        example = example.permute(0, 2, 3, 1).contiguous()
-    return model, example
+    examples = carrier.examples(2 if batch == "dynamic" else int(batch))
+    nhwc = [i for i, s in enumerate(carrier.inputs) if s.is_image] if target.input.layout == "NHWC" else []
+    if nhwc:
+        model = litert_torch.to_channel_last_io(model, args=nhwc)
+        examples = tuple(x.permute(0, 2, 3, 1).contiguous() if i in nhwc else x for i, x in enumerate(examples))
+    return model, examples, nhwc
 
 
 def _convert(litert_torch: Any, carrier: Carrier, target: TargetProfile) -> bytes:
-    model, example = _source_model(litert_torch, carrier, target)
+    model, examples, nhwc = _source_model(litert_torch, carrier, target)
     batch = target.input.batch
     kwargs: dict[str, Any] = {}
     if batch == "dynamic":
-        spec = {0: torch.export.Dim("batch", min=1, max=1 << 16)}
+        specs = batch_dims(carrier.inputs)
         # to_channel_last_io's wrapper takes *args: its spec is nested one level deeper.
-        kwargs["dynamic_shapes"] = ((spec,),) if target.input.layout == "NHWC" else (spec,)
+        kwargs["dynamic_shapes"] = (specs,) if nhwc else specs
     if target.precision == "int8":
         from litert_torch.quantize import pt2e_quantizer as pq
         from litert_torch.quantize.quant_config import QuantConfig
@@ -395,7 +431,7 @@ def _convert(litert_torch: Any, carrier: Carrier, target: TargetProfile) -> byte
         kwargs["quant_config"] = QuantConfig(pt2e_quantizer=flag)
     try:
         with _quiet():
-            return bytes(litert_torch.convert(model, (example,), **kwargs).model_content())
+            return bytes(litert_torch.convert(model, examples, **kwargs).model_content())
     except Exception as exc:
         if batch == "dynamic":
             raise ExportError(f"litert-torch could not convert with a dynamic batch ({first_line(exc)})",

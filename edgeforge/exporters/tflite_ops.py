@@ -34,28 +34,29 @@ def module_path(tensor_name: str, known: set[str]) -> str | None:
     """``features.1.se.gate`` from a litert-torch tensor name, or None when it names no module."""
     location = tensor_name.split(";")[0]
     segments = location.split("/")[1:]  # the first segment is the root module's class
-    return _resolve("", segments, known) or None
+    return _resolve("", segments, known)[1] or None
 
 
-def _resolve(path: str, segments: list[str], known: set[str]) -> str:
-    """The deepest module path that explains the segments in order (backtracking on ambiguity).
+def _resolve(path: str, segments: list[str], known: set[str]) -> tuple[int, str]:
+    """(segments explained, module path): the path explaining most segments in order, then the deepest.
 
     Class names may hold "_" too, and containers that are never called (ModuleList, ModuleDict)
-    leave no segment, so one segment can match several modules below ``path``.
+    leave no segment, so one segment can match several modules below ``path``: ``EncoderLayer_0``
+    is ``layers.0`` but also ``layers.0.ffn.0``, which then cannot explain ``LayerNorm_norm1``.
     """
     if not segments:
-        return path
+        return 0, path
     leaf = segments[0].rsplit(".", 1)[-1]  # "Hardsigmoid_gate": class, "_", attribute
     attrs = [leaf[i + 1:] for i, ch in enumerate(leaf) if ch == "_" and i > 0]
     below = [k for k in known if not path or k.startswith(path + ".")]
-    best, depth = path, path.count(".") + (path != "")
+    best, score = path, (0, path.count(".") + (path != ""))
     # The first cut (the shortest class name) wins ties: "At_depthwise_conv" is at.depthwise_conv.
     for attr in attrs:
         for cand in sorted((k for k in below if k == attr or k.endswith("." + attr)), key=lambda k: k.count(".")):
-            deeper = _resolve(cand, segments[1:], known)
-            if deeper.count(".") + 1 > depth:
-                best, depth = deeper, deeper.count(".") + 1
-    return best
+            used, deeper = _resolve(cand, segments[1:], known)
+            if (used + 1, deeper.count(".") + 1) > score:
+                best, score = deeper, (used + 1, deeper.count(".") + 1)
+    return score[0], best
 
 
 def _nodes_by_module(gm: torch.fx.GraphModule) -> dict[str, list[tuple[str, str]]]:

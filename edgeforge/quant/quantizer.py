@@ -162,7 +162,7 @@ class Int8Quantizer(Quantizer):
             "binary": lambda n: _annotate_binary(n, act, bounded),
             "own": lambda n: _annotate_unary(n, act, bounded if n.target in FUSABLE_ACTIVATIONS else act),
             "fixed": lambda n: _annotate_unary(n, act, _unit_interval_spec()),
-            "matmul": lambda n: _annotate_binary(n, act, bounded),
+            "matmul": lambda n: _annotate_matmul(n, act, bounded),
             "same": lambda n: _annotate_same(n, act),
             "concat": lambda n: _annotate_concat(n, act),
             "embedding": lambda n: _annotate_embedding(n, self.scheme.table_spec()),
@@ -216,6 +216,23 @@ def _annotate_binary(node: Node, act: QuantizationSpec, bounded: QuantizationSpe
     else:
         _mark(node, inputs, None)
         _mark(relu, None, bounded)
+
+
+def _annotate_matmul(node: Node, act: QuantizationSpec, bounded: QuantizationSpec) -> None:
+    """Like add/mul, but an operand with fixed parameters (softmax's probabilities) keeps them.
+
+    A second observer on that edge would requantize the probabilities between the softmax and the
+    matmul; LiteRT lowers a 4-D matmul through RESHAPEs, which must keep their input's scale, and
+    rejected the file ("'tfl.reshape' op quantization parameters violate the same scale constraint").
+    """
+    _annotate_binary(node, act, bounded)
+    ann = node.meta.get(ANNOTATION_KEY)
+    if ann is None:
+        return
+    for arg in list(ann.input_qspec_map):
+        producer = arg.meta.get(ANNOTATION_KEY)
+        if producer is not None and isinstance(producer.output_qspec, FixedQParamsQuantizationSpec):
+            ann.input_qspec_map[arg] = SharedQuantizationSpec(arg)
 
 
 def _annotate_unary(node: Node, act: QuantizationSpec, out: Any) -> None:

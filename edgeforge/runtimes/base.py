@@ -1,4 +1,8 @@
-"""The runtime interface: open an artifact in its own runtime and run float32 NCHW batches."""
+"""The runtime interface: open an artifact in its own runtime and run batches of its inputs.
+
+A batch is one array (a single-input model, float32 NCHW for images) or a tuple of arrays in the
+model's input order (``edgeforge.inputs``: token ids and an attention mask, several float inputs).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import ConfigError, RuntimeUnavailable
+from ..inputs import Batch, as_arrays
 from ..registry import Registry
 from ..targets import TargetProfile
 
@@ -18,10 +23,10 @@ if TYPE_CHECKING:
 
 
 class Session(ABC):
-    """A loaded artifact. ``run`` takes float32 NCHW and returns float32 logits.
+    """A loaded artifact. ``run`` takes a batch (one array, or a tuple in input order) and returns float32 logits.
 
-    Adapters own every format difference (layout transposes, int8 input/output scaling, static
-    batch sizes), so validation is written once over this interface.
+    Adapters own every format difference (layout transposes and int8 scaling of float image inputs,
+    integer input dtypes, static batch sizes), so validation is written once over this interface.
     """
 
     executor: str = ""
@@ -31,18 +36,22 @@ class Session(ABC):
     latency_note: str = ""
 
     @abstractmethod
-    def run(self, x: np.ndarray) -> np.ndarray: ...
+    def run(self, x: Batch) -> np.ndarray: ...
 
-    def run_all(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def run_all(self, x: Batch, batch_size: int = 256) -> np.ndarray:
+        """Run a whole split in chunks; a fixed-batch artifact gets its last chunk padded with its last row."""
+        arrays = as_arrays(x)
+        n = len(arrays[0])
+        if any(len(a) != n for a in arrays):
+            raise ValueError(f"inputs have different lengths: {[len(a) for a in arrays]}")
         step = self.fixed_batch or batch_size
         outs = []
-        for i in range(0, len(x), step):
-            chunk = x[i : i + step]
-            if self.fixed_batch and len(chunk) < self.fixed_batch:
-                pad = np.repeat(chunk[-1:], self.fixed_batch - len(chunk), axis=0)
-                outs.append(self.run(np.concatenate([chunk, pad]))[: len(chunk)])
-            else:
-                outs.append(self.run(chunk))
+        for i in range(0, n, step):
+            chunks = [a[i : i + step] for a in arrays]
+            rows = len(chunks[0])
+            if self.fixed_batch and rows < self.fixed_batch:
+                chunks = [np.concatenate([c, np.repeat(c[-1:], self.fixed_batch - rows, axis=0)]) for c in chunks]
+            outs.append(self.run(chunks[0] if len(chunks) == 1 else tuple(chunks))[:rows])
         return np.concatenate(outs).astype(np.float32)
 
 

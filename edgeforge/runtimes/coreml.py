@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import require
+from ..inputs import Batch, as_arrays, cast_input
 from ..targets import TargetProfile
 from .base import RUNTIMES, Runtime, Session
 
@@ -53,11 +54,18 @@ class ReferenceSession(Session):
         self.executor = "edgeforge reference interpreter (numpy), Linux" if platform.system() == "Linux" \
             else f"edgeforge reference interpreter (numpy), {platform.system()}"
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+    def run(self, x: Batch) -> np.ndarray:
+        arrays = as_arrays(x)
+        inputs = self._interp.program.inputs
+        if len(arrays) != len(inputs):
+            raise ValueError(f"this Core ML program takes {len(inputs)} input(s) ({', '.join(n for n, _ in inputs)}), "
+                             f"got {len(arrays)}")
+        feed = {name: cast_input(a, tt.np_dtype if a.dtype.kind != "f" else np.float32, name)
+                for (name, tt), a in zip(inputs, arrays, strict=True)}
         if self._target.coreml.input_type == "image":
-            x = _to_pixels(x, self._target)
-        return self._interp(x)
+            feed = {name: _to_pixels(a, self._target) for name, a in feed.items()}
+        out = self._interp.run(feed)[self._interp.program.outputs[0]]
+        return np.asarray(out, dtype=np.float32)
 
 
 class CoremlSession(Session):
@@ -71,7 +79,7 @@ class CoremlSession(Session):
         self.load_seconds = time.perf_counter() - t0
         spec = self._model.get_spec()
         inp = spec.description.input[0]
-        self._input = inp.name
+        self._inputs = [(i.name, i.type.multiArrayType.dataType) for i in spec.description.input]
         self._output = spec.description.output[0].name
         self._image = inp.type.WhichOneof("Type") == "imageType"
         self._target = target
@@ -79,16 +87,21 @@ class CoremlSession(Session):
         self.fixed_batch = int(shape[0]) if shape else None
         self.executor = f"macOS Core ML (compute units {units})"
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+    def run(self, x: Batch) -> np.ndarray:
+        arrays = as_arrays(x)
         if not self._image:
-            return np.asarray(self._model.predict({self._input: x})[self._output], dtype=np.float32)
+            from coremltools.proto.FeatureTypes_pb2 import ArrayFeatureType
+
+            # Core ML has no int64 inputs: the exporter declares token ids and masks int32.
+            feed = {name: cast_input(a, np.int32 if code == ArrayFeatureType.INT32 else np.float32, name)
+                    for (name, code), a in zip(self._inputs, arrays, strict=True)}
+            return np.asarray(self._model.predict(feed)[self._output], dtype=np.float32)
         from PIL import Image
 
         outs = []
-        for px in _to_pixels(x, self._target).astype(np.uint8):
+        for px in _to_pixels(np.asarray(arrays[0], dtype=np.float32), self._target).astype(np.uint8):
             img = Image.fromarray(px[0], "L") if px.shape[0] == 1 else Image.fromarray(px.transpose(1, 2, 0), "RGB")
-            outs.append(np.asarray(self._model.predict({self._input: img})[self._output], dtype=np.float32))
+            outs.append(np.asarray(self._model.predict({self._inputs[0][0]: img})[self._output], dtype=np.float32))
         return np.concatenate(outs)
 
 

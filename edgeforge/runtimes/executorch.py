@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError, require
+from ..inputs import Batch, as_arrays, cast_input
 from ..targets import TargetProfile
 from .base import RUNTIMES, Runtime, Session
 
@@ -71,19 +72,33 @@ class ExecutorchSession(Session):
         self.load_seconds = time.perf_counter() - t0
         self._program = program  # the method borrows the program's buffers
         meta = self._method.metadata
-        self.input_shape = tuple(int(v) for v in meta.input_tensor_meta(0).sizes())
+        self._inputs = [_tensor_meta(meta.input_tensor_meta(i)) for i in range(meta.num_inputs())]
+        self.input_shape = self._inputs[0][0]
         self.fixed_batch = self.input_shape[0]
         backends = ", ".join(describe_pte(path.read_bytes())["delegates"]) or "portable kernels"
         self.executor = (f"executorch {md.version('executorch')} ({backends}, "
                          f"{target.runtime.threads} thread(s))")
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if tuple(x.shape) != self.input_shape:
-            raise ValueError(f"this ExecuTorch program takes inputs of shape {list(self.input_shape)}, "
-                             f"got {list(x.shape)}")
-        out = self._method.execute([self._torch.from_numpy(x)])[0]
+    def run(self, x: Batch) -> np.ndarray:
+        arrays = as_arrays(x)
+        if len(arrays) != len(self._inputs):
+            raise ValueError(f"this ExecuTorch program takes {len(self._inputs)} input(s), got {len(arrays)}")
+        feeds = []
+        for i, (a, (shape, dtype)) in enumerate(zip(arrays, self._inputs, strict=True)):
+            if tuple(a.shape) != shape:
+                raise ValueError(f"this ExecuTorch program takes input {i} of shape {list(shape)}, got {list(a.shape)}")
+            feeds.append(self._torch.from_numpy(cast_input(a, dtype, f"#{i}")))
+        out = self._method.execute(feeds)[0]
         return np.array(out.detach().numpy(), dtype=np.float32)
+
+
+# ExecuTorch's ScalarType codes (c10 numbering) for the input dtypes a program can take.
+_SCALAR_TYPES = {6: np.float32, 3: np.int32, 4: np.int64, 5: np.float16, 1: np.int8, 0: np.uint8, 11: np.bool_}
+
+
+def _tensor_meta(meta: Any) -> tuple[tuple[int, ...], Any]:
+    """(shape, numpy dtype) of one program input."""
+    return tuple(int(v) for v in meta.sizes()), _SCALAR_TYPES.get(int(meta.dtype()), np.float32)
 
 
 def describe_pte(data: bytes) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """LiteRT adapter: ai_edge_litert's Interpreter (XNNPACK on CPU) with the target's thread count.
 
-The session takes float32 NCHW and returns float32 logits whatever the file's I/O: it transposes to
-NHWC when the file's input is channel-last, quantizes int8/uint8 inputs and dequantizes quantized
-outputs with the scale and zero-point stored in the file, and resizes or pads to the file's batch.
+The session takes a batch (float32 NCHW, or a tuple of arrays in the model's input order) and returns
+float32 logits whatever the file's I/O: it transposes 4-D float inputs to NHWC when the file is
+channel-last, quantizes float inputs the file takes as int8/uint8, casts integer inputs (token ids,
+masks) to the file's integer type unscaled, dequantizes quantized outputs with the scale and
+zero-point stored in the file, and resizes to the file's batch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import require
+from ..inputs import Batch, as_arrays, cast_input
 from ..targets import TargetProfile
 from .base import RUNTIMES, Runtime, Session
 
@@ -31,7 +34,8 @@ class LiteRTSession(Session):
                                           **interpreter_options)
         self._it.allocate_tensors()
         self.load_seconds = time.perf_counter() - t0
-        self._in = self._it.get_input_details()[0]
+        self._ins = self._it.get_input_details()  # in the model's input order (the subgraph's)
+        self._in = self._ins[0]
         self._out = self._it.get_output_details()[0]
         self.nhwc = target.input.layout == "NHWC"
         sig = [int(v) for v in self._in.get("shape_signature", self._in["shape"])]
@@ -50,24 +54,34 @@ class LiteRTSession(Session):
         scale, zp = details["quantization"]
         return float(scale), int(zp)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def _prepare(self, x: np.ndarray, details: dict) -> np.ndarray:
+        dtype = np.dtype(details["dtype"])
+        if x.dtype.kind != "f":  # token ids / masks: never scaled, only narrowed to the file's int type
+            return cast_input(x, dtype, details["name"])
         x = np.asarray(x, dtype=np.float32)
-        if self.nhwc:
+        if self.nhwc and x.ndim == 4:
             x = x.transpose(0, 2, 3, 1)
-        dtype = self._in["dtype"]
         if dtype != np.float32:
-            scale, zp = self._scale_zp(self._in)
+            scale, zp = self._scale_zp(details)
             info = np.iinfo(dtype)
             x = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(dtype)
-        x = np.ascontiguousarray(x)
-        if len(x) != self._batch:
+        return np.ascontiguousarray(x)
+
+    def run(self, x: Batch) -> np.ndarray:
+        arrays = as_arrays(x)
+        if len(arrays) != len(self._ins):
+            raise ValueError(f"this LiteRT file takes {len(self._ins)} input(s), got {len(arrays)}")
+        feeds = [self._prepare(a, d) for a, d in zip(arrays, self._ins, strict=True)]
+        if len(feeds[0]) != self._batch:
             if self.fixed_batch is not None:
-                raise ValueError(f"this LiteRT file takes batches of {self.fixed_batch}, got {len(x)}")
-            self._it.resize_tensor_input(self._in["index"], list(x.shape))
+                raise ValueError(f"this LiteRT file takes batches of {self.fixed_batch}, got {len(feeds[0])}")
+            for d, f in zip(self._ins, feeds, strict=True):
+                self._it.resize_tensor_input(d["index"], list(f.shape))
             self._it.allocate_tensors()
-            self._batch = len(x)
+            self._batch = len(feeds[0])
             self._out = self._it.get_output_details()[0]
-        self._it.set_tensor(self._in["index"], x)
+        for d, f in zip(self._ins, feeds, strict=True):
+            self._it.set_tensor(d["index"], f)
         self._it.invoke()
         y = self._it.get_tensor(self._out["index"])
         if self._out["dtype"] != np.float32:

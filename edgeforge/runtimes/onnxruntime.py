@@ -8,8 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RuntimeUnavailable, require
+from ..inputs import Batch, as_arrays, cast_input
 from ..targets import TargetProfile
 from .base import RUNTIMES, Runtime, Session
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+               "tensor(float16)": np.float16, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
 
 
 class OrtSession(Session):
@@ -32,14 +36,18 @@ class OrtSession(Session):
         t0 = time.perf_counter()
         self._sess = ort.InferenceSession(str(path), opts, providers=target.runtime.providers)
         self.load_seconds = time.perf_counter() - t0
-        inp = self._sess.get_inputs()[0]
-        self._input = inp.name
-        b = inp.shape[0]
+        self._inputs = [(i.name, _ORT_DTYPES.get(i.type, np.float32)) for i in self._sess.get_inputs()]
+        b = self._sess.get_inputs()[0].shape[0]
         self.fixed_batch = b if isinstance(b, int) else None
         self.executor = f"onnxruntime {ort.__version__} ({target.runtime.providers[0]}, {target.runtime.threads} thread(s))"
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self._sess.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+    def run(self, x: Batch) -> np.ndarray:
+        arrays = as_arrays(x)
+        if len(arrays) != len(self._inputs):
+            raise ValueError(f"this ONNX model takes {len(self._inputs)} input(s) "
+                             f"({', '.join(n for n, _ in self._inputs)}), got {len(arrays)}")
+        feed = {name: cast_input(a, dtype, name) for (name, dtype), a in zip(self._inputs, arrays, strict=True)}
+        return self._sess.run(None, feed)[0]
 
 
 def optimized_ops(path: Path) -> dict[str, int]:
