@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from .errors import ConfigError
 from .gate_spec import GateSpec
@@ -63,8 +63,15 @@ class CalibrationConfig(Strict):
     seed: Seed = 0
 
 
+class AugmentConfig(Strict):
+    """Training-time augmentation, drawn per batch from the epoch's seed (a resumed run draws the same)."""
+
+    hflip: bool = Field(False, description="flip each image left-right with probability 1/2")
+    crop_padding: NonNegativeInt = Field(0, description="pad by this many pixels (zeros), then crop back at random")
+
+
 class DataConfig(Strict):
-    kind: Literal["npz", "image_folder", "factory"] = "npz"
+    kind: Literal["npz", "npy", "image_folder", "factory"] = "npz"
     train: str
     val: str
     test: str
@@ -77,6 +84,12 @@ class DataConfig(Strict):
     std: list[float] | None = None
     class_names: list[str] | None = None
     augmented: bool = Field(False, description="the training data changes every epoch (no teacher-output cache)")
+    stream: bool = Field(False, description="read batches from disk (memory maps, per-batch image decoding) instead "
+                                            "of loading every split into memory")
+    workers: NonNegativeInt = Field(0, description="DataLoader worker processes reading streamed batches")
+    augment: AugmentConfig | None = None
+    teacher_cache: str | None = Field(None, description="folder for cached teacher outputs (default: "
+                                                        "$EDGEFORGE_CACHE_DIR or ~/.cache/edgeforge)")
     calibration: str | CalibrationConfig = Field(default_factory=CalibrationConfig)
 
     @model_validator(mode="after")
@@ -85,7 +98,14 @@ class DataConfig(Strict):
             raise ValueError("kind 'factory' needs a factory: package.module:function")
         if self.kind == "image_folder" and not self.image_size:
             raise ValueError("kind 'image_folder' needs image_size: [height, width]")
+        if self.workers and not self.stream:
+            raise ValueError("workers read streamed batches: set stream: true, or drop workers")
         return self
+
+    @property
+    def varies(self) -> bool:
+        """The training inputs differ between epochs, so teacher outputs cannot be computed once."""
+        return self.augmented or (self.augment is not None and (self.augment.hflip or self.augment.crop_padding > 0))
 
 
 class HintConfig(Strict):

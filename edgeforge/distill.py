@@ -89,7 +89,7 @@ def distill(teacher: nn.Module, student: nn.Module, data: DataBundle, cfg: Disti
     adapters = nn.ModuleList()
     if hints:
         with torch.no_grad():
-            probe = data.train.x[:2]
+            probe = data.train.head(2)
             teacher(probe)
             student.eval()
             student(probe)
@@ -109,7 +109,7 @@ def _train(teacher: nn.Module, student: nn.Module, adapters: nn.ModuleList, taps
     net = ctx.ranks.wrap(_WithAdapters(student, adapters).to(ctx.compute.device))
     # Without augmentation the teacher's logits never change: compute them once, not every epoch.
     # Feature hints need the teacher's intermediate features per batch, so they bypass the cache.
-    cache = None if (augmented or hints) else teacher_logits(teacher, data.train.x, ctx)
+    cache = None if (augmented or hints) else teacher_logits(teacher, data.train, ctx)
 
     def step_loss(idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if cache is not None:

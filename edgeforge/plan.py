@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -33,6 +33,9 @@ from .metrics import Metric, resolve_metric
 from .models.loading import build_student, check_outputs, load_teacher
 from .targets import TargetProfile, resolve
 from .training import TrainContext
+
+if TYPE_CHECKING:
+    from .teacher_cache import TeacherStore
 from .validate import sha256_file
 
 Log = Callable[[str], None]
@@ -76,12 +79,28 @@ class Plan:
         return {"metric": self.metric.name, "metric_code": self.metric.code}
 
     def data_identity(self) -> dict[str, Any]:
-        return {"data": self.data.digest(), "data_code": self.data_code}
+        aug = self.lc.config.data.augment
+        return {"data": self.data.digest(), "data_code": self.data_code,
+                "augment": aug.model_dump(mode="json") if aug else None}
 
     def train_context(self, resume_dir: Path | None, log: Callable[[str], None] | None) -> TrainContext:
         from .resume import EpochCheckpoint
 
-        return TrainContext(self.compute, self.ranks, EpochCheckpoint(resume_dir, self.ranks), log)
+        d = self.lc.config.data
+        return TrainContext(self.compute, self.ranks, EpochCheckpoint(resume_dir, self.ranks), log,
+                            workers=d.workers, augment=d.augment, teacher_store=self.teacher_store(log),
+                            inputs_vary=d.varies)
+
+    def teacher_store(self, log: Callable[[str], None] | None) -> TeacherStore:
+        """Where teacher logits are cached across stages and builds, keyed by what decides them."""
+        from .teacher_cache import TeacherStore, default_root
+
+        d = self.lc.config.data
+        root = self.lc.resolve(d.teacher_cache) if d.teacher_cache else default_root()
+        transform = d.model_dump(mode="json", include={"kind", "x_key", "image_size", "grayscale", "mean", "std"})
+        identity = {"teacher": self.teacher_digest, "data_code": self.data_code, "transform": transform,
+                    "device": self.compute.device.type, "precision": self.compute.precision}
+        return TeacherStore(root, identity, log)
 
     def training_identity(self, *, precision: bool) -> dict[str, Any]:
         """What of the hardware decides a training stage's result: the device kind, autocast, the rank count
@@ -160,7 +179,7 @@ def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:
     resolve_metric(cfg.metric, data.num_classes)  # top5 of 4 classes fails here, not after training
     calibration = lc.calibration()  # parse errors surface now, not after training
     teacher = load_teacher(lc)
-    example = data.train.x[:2]
+    example = data.train.head(2)
     check_outputs(teacher, example, data.num_classes, "teacher")
     torch.manual_seed(cfg.distill.seed)  # the student's initial weights are part of the build's identity
     student = build_student(lc, data.input_shape[0], data.num_classes)

@@ -75,13 +75,14 @@ def untrained_carrier(plan: Plan) -> Carrier:
     from .quant.quantizer import Int8Quantizer, Int8Scheme
 
     student = plan.new_student().eval()
-    gm = export_for_training(student, plan.data.train.x)
+    head = plan.data.train.head(32)
+    gm = export_for_training(student, head)
     prepared = prepare_pt2e(gm, Int8Quantizer(Int8Scheme(learn_activation_ranges=False)))
     with torch.no_grad():
-        prepared(plan.data.train.x[:32])
+        prepared(head)
     converted = convert_pt2e(prepared)
     return Carrier(student, converted, plan.data.input_shape, plan.data.num_classes, plan.data.class_names,
-                   plan.data.train.x[:32], name=plan.lc.config.name)
+                   head, name=plan.lc.config.name)
 
 
 def check_target(carrier: Carrier, target: TargetProfile, folder: Path, sample: torch.Tensor) -> TargetCheck:
@@ -125,7 +126,7 @@ def check_target(carrier: Carrier, target: TargetProfile, folder: Path, sample: 
 
 def run_preflight(plan: Plan, log: Any = None) -> list[TargetCheck]:
     carrier = untrained_carrier(plan)
-    sample = plan.data.val.x[:3]
+    sample = plan.data.val.head(3)
     results = []
     with tempfile.TemporaryDirectory(prefix="edgeforge-preflight-") as d:
         for target in plan.targets:

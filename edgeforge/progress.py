@@ -25,8 +25,8 @@ class Progress:
     """``epoch(...)`` after each epoch, ``tick()`` inside one (cheap: it only reads the clock)."""
 
     def __init__(self, stage: str, epochs: int, *, enabled: bool = True, stream: TextIO | None = None,
-                 every_s: float | None = None, heartbeat_s: float | None = None) -> None:
-        self.stage, self.epochs, self.enabled = stage, epochs, enabled
+                 every_s: float | None = None, heartbeat_s: float | None = None, unit: str = "epoch") -> None:
+        self.stage, self.epochs, self.enabled, self.unit = stage, epochs, enabled, unit
         self.stream = stream or sys.stderr
         self.every_s = LINE_EVERY_S if every_s is None else every_s
         self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
@@ -36,7 +36,7 @@ class Progress:
         if enabled and on_terminal(self.stream):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=epochs, desc=stage, unit="epoch", leave=False, file=self.stream)
+            self.bar = tqdm(total=epochs, desc=stage, unit=unit, leave=False, file=self.stream)
 
     def _line(self, text: str) -> None:
         self.last = time.monotonic()
@@ -46,7 +46,7 @@ class Progress:
         if not self.enabled or self.bar is not None or time.monotonic() - self.last < self.heartbeat_s:
             return
         where = f", batch {done}/{total}" if done is not None and total else ""
-        self._line(f"epoch {self.current + 1}/{self.epochs}{where}: still running")
+        self._line(f"{self.unit} {self.current + 1}/{self.epochs}{where}: still running")
 
     def epoch(self, epoch: int, **values: float) -> None:
         """Report epoch ``epoch`` (1-based) finished, with values such as loss=..., val=..."""
@@ -60,7 +60,9 @@ class Progress:
             return
         due = time.monotonic() - self.last >= self.every_s
         if due or epoch in (1, self.epochs):
-            self._line(f"epoch {epoch}/{self.epochs}: {shown}")
+            left = (time.monotonic() - self.start) / epoch * (self.epochs - epoch)
+            eta = f", about {left:.0f} s left" if epoch < self.epochs else ""
+            self._line(f"{self.unit} {epoch}/{self.epochs}{': ' if shown else ''}{shown}{eta}")
 
     def close(self) -> None:
         if self.bar is not None:

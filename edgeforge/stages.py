@@ -99,7 +99,7 @@ class DistillStage(Stage[nn.Module]):
 
         p, cfg = self.plan, self.plan.lc.config
         try:
-            return distill(p.teacher, p.new_student(), p.data, cfg.distill, augmented=cfg.data.augmented,
+            return distill(p.teacher, p.new_student(), p.data, cfg.distill, augmented=cfg.data.varies,
                            show_progress=progress_enabled(cfg.progress), ctx=p.train_context(self.resume_dir, self.log))
         except NonFiniteLoss as exc:
             if not p.ranks.leader:  # rank 0 alone writes
@@ -165,7 +165,7 @@ class QatStage(Stage[torch.fx.GraphModule]):
         cal, calib = p.calibration, p.calibration_split
         out = self.train(inputs["distill"])
         out, fallback = self._fallback(out, inputs["distill"])
-        save_carrier(out.converted, p.data.train.x, str(folder / "student_qat.pt2"))
+        save_carrier(out.converted, p.data.train.head(2), str(folder / "student_qat.pt2"))
         return {**_training_record(out.result), "convert_max_abs_diff": out.convert_max_diff,
                 "quantize_ops": out.quantized_ops, "post_training_only": cfg.qat.epochs == 0,
                 "fallback": fallback.as_dict() if fallback else None,
@@ -183,11 +183,14 @@ class QatStage(Stage[torch.fx.GraphModule]):
             try:
                 return quantization_aware_training(
                     student, p.teacher, p.data, p.calibration_split, qat, temperature=cfg.distill.temperature,
-                    alpha=cfg.distill.alpha, show_progress=progress_enabled(cfg.progress))
+                    alpha=cfg.distill.alpha, show_progress=progress_enabled(cfg.progress),
+                    ctx=p.train_context(self.resume_dir / "fallback" if self.resume_dir else None, self.log))
             except NonFiniteLoss as exc:
+                if not p.ranks.leader:
+                    raise
                 raise _keep_last_good(exc, p.lc.output_dir / "student_qat.last_good.pt") from None
 
-        return float_fallback(out, student, p.data, p.calibration_split, cfg.qat, rerun)
+        return float_fallback(out, student, p.data, p.calibration_split, cfg.qat, rerun, self.log or (lambda _m: None))
 
     def announce(self) -> str:
         q = self.plan.lc.config.qat
@@ -234,13 +237,14 @@ class ReferenceStage(Stage[References]):
 
     def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
         from .runtimes.torch_ref import TorchSession
-        from .validate import Scores
+        from .validate import Scores, run_split
 
         assert folder is not None
         p = self.plan
         models = {"teacher": p.teacher, "float_student": inputs["distill"], "qat_simulation": inputs["qat"]}
-        x, y = p.data.test.x.numpy(), p.data.test.y.numpy()
-        logits = {r: TorchSession(models[r]).run_all(x, p.lc.config.validation.batch_size) for r in self.ROLES}
+        y = p.data.test.y.numpy()
+        logits = {r: run_split(TorchSession(models[r]), p.data.test, p.lc.config.validation.batch_size, p.data.workers)
+                  for r in self.ROLES}
         np.savez(folder / "logits.npz", **logits)  # type: ignore[arg-type]
         s = {r: Scores.of(logits[r], y, p.data.num_classes, p.metric) for r in self.ROLES}
         return {"top1": {r: a.top1 for r, a in s.items()}, "per_class": {r: a.per_class for r, a in s.items()},

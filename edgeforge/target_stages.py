@@ -27,7 +27,7 @@ from .records import Artifact, Check, Latency, Metrics
 from .runtimes import get_runtime
 from .stages import References
 from .targets import TargetProfile
-from .validate import artifact_digest, artifact_metrics, measure_latency
+from .validate import artifact_digest, artifact_metrics, measure_latency, run_split
 
 Log = Callable[[str], None]
 
@@ -108,7 +108,7 @@ class ValidateStage(Stage[dict[str, Any]]):
         p, t = self.plan, self.target
         try:
             session = self.runtime.open(exported.path, t)
-            logits = session.run_all(p.data.test.x.numpy(), p.lc.config.validation.batch_size)
+            logits = run_split(session, p.data.test, p.lc.config.validation.batch_size, p.data.workers)
         except RuntimeUnavailable as exc:
             return {"status": "unvalidated", "reason": str(exc), "runtime": self.runtime.name}
         ref = self.exporter.reference(t)
@@ -127,7 +127,7 @@ class ValidateStage(Stage[dict[str, Any]]):
     def _latency(self, session: Any, exported: Exported, metrics: Metrics) -> str | None:
         v, t = self.plan.lc.config.validation, self.target
         if session.measures_latency:
-            metrics.latency = measure_latency(session, self.plan.data.test.x.numpy(), warmup=v.warmup, runs=v.runs,
+            metrics.latency = measure_latency(session, self.plan.data.test.head(1).numpy(), warmup=v.warmup, runs=v.runs,
                                               threads=t.runtime.threads, measured_on="host")
         else:
             metrics.latency_note = session.latency_note

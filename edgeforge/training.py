@@ -7,18 +7,23 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Split
+from .config import AugmentConfig
+from .data import SplitBase
+from .data.augment import augment_batch
 from .devices import Compute
 from .distributed import Ranks
 from .errors import EdgeforgeError
 from .progress import Progress
 from .resume import EpochCheckpoint
+
+if TYPE_CHECKING:
+    from .teacher_cache import TeacherStore
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
@@ -49,10 +54,37 @@ def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batc
     return torch.cat(outs)
 
 
-def teacher_logits(teacher: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
-    """The teacher's logits for a whole split: each rank computes its slice, then every rank holds all."""
-    part = ctx.ranks.split_rows(len(x))
-    return ctx.ranks.gather_rows(predict(teacher, x[part], compute=ctx.compute), len(x))
+@torch.no_grad()
+def predict_split(model: Callable[[torch.Tensor], torch.Tensor], split: SplitBase, *, batch_size: int = 256,
+                  compute: Compute | None = None, rows: slice | None = None, workers: int = 0) -> torch.Tensor:
+    """Logits of a split's ``rows`` (default all), read a batch at a time (CPU, fp32)."""
+    outs = [predict(model, x, batch_size, compute) for x, _ in split.batches(batch_size, rows, workers)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def teacher_logits(teacher: Callable[[torch.Tensor], torch.Tensor], split: SplitBase, ctx: TrainContext
+                   ) -> torch.Tensor:
+    """The teacher's logits for a whole split: each rank computes its slice, then every rank holds all.
+
+    With ``ctx.teacher_store`` they are read from (or written to) the on-disk cache instead.
+    """
+    if ctx.teacher_store is not None:
+        return ctx.teacher_store.logits(teacher, split, ctx)
+    return compute_teacher_logits(teacher, split, ctx)
+
+
+def compute_teacher_logits(teacher: Callable[[torch.Tensor], torch.Tensor], split: SplitBase, ctx: TrainContext,
+                           progress: Progress | None = None) -> torch.Tensor:
+    part = ctx.ranks.split_rows(len(split))
+    idx = torch.arange(len(split))[part]
+    chunks = [idx[i : i + 256] for i in range(0, len(idx), 256)]
+    outs = []
+    for i, (_, x, _) in enumerate(split.load(chunks, ctx.workers)):
+        outs.append(predict(teacher, x, compute=ctx.compute))
+        if progress is not None:
+            progress.epoch(i + 1)
+    local = torch.cat(outs) if outs else torch.empty(0)
+    return ctx.ranks.gather_rows(local, len(split))
 
 
 def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -72,6 +104,14 @@ def batches(n: int, batch_size: int, generator: torch.Generator, ranks: Ranks | 
         perm = ranks.shard(perm)
     for i in range(0, len(perm), batch_size):
         yield perm[i : i + batch_size]
+
+
+def epoch_plan(n: int, batch_size: int, generator: torch.Generator, ranks: Ranks,
+               augment: AugmentConfig | None) -> tuple[list[torch.Tensor], list[int]]:
+    """This rank's batches of the epoch and one augmentation seed per batch, both drawn from ``generator``."""
+    chunks = list(batches(n, batch_size, generator, ranks))
+    seeds = torch.randint(0, 2**62, (len(chunks),), generator=generator).tolist() if augment is not None else []
+    return chunks, seeds
 
 
 def lr_factor(schedule: str, epoch: int, epochs: int, warmup: int) -> float:
@@ -129,6 +169,10 @@ class TrainContext:
     ranks: Ranks = field(default_factory=Ranks)
     checkpoint: EpochCheckpoint | None = None
     log: Callable[[str], None] | None = None
+    workers: int = 0  # DataLoader workers for streamed splits
+    augment: AugmentConfig | None = None  # applied to training batches
+    teacher_store: TeacherStore | None = None  # teacher logits cached on disk
+    inputs_vary: bool = False  # augmented training data: teacher outputs are computed per batch
 
 
 def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
@@ -142,17 +186,19 @@ def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.am
     scaler.update()
 
 
-def _one_epoch(train: Split, step_loss: StepLoss, optimizer: torch.optim.Optimizer, batch_size: int,
+def _one_epoch(train: SplitBase, step_loss: StepLoss, optimizer: torch.optim.Optimizer, batch_size: int,
                g: torch.Generator, progress: Progress, ctx: TrainContext,
                scaler: torch.amp.GradScaler | None) -> tuple[float, int]:
     """One pass over this rank's shard of the training split; returns (summed loss, samples) over all ranks."""
     total, count = 0.0, 0
     dev = ctx.compute.device
-    n_batches = (-(-len(train) // ctx.ranks.world) + batch_size - 1) // batch_size
-    for i, idx in enumerate(batches(len(train), batch_size, g, ctx.ranks)):
-        progress.tick(i, n_batches)
+    chunks, seeds = epoch_plan(len(train), batch_size, g, ctx.ranks, ctx.augment)
+    for i, (idx, x, y) in enumerate(train.load(chunks, ctx.workers)):
+        progress.tick(i, len(chunks))
+        if ctx.augment is not None:
+            x = augment_batch(x, ctx.augment, seeds[i])
         with ctx.compute.autocast():
-            loss = step_loss(idx, train.x[idx].to(dev), train.y[idx].to(dev))
+            loss = step_loss(idx, x.to(dev), y.to(dev))
         finite = bool(torch.isfinite(loss))
         if not ctx.ranks.all_true(finite):  # decided together: one rank's NaN stops every rank
             raise _LossNotFinite(loss.item() if not finite else float("nan"))
@@ -163,13 +209,12 @@ def _one_epoch(train: Split, step_loss: StepLoss, optimizer: torch.optim.Optimiz
     return total, int(n)
 
 
-def evaluate(model: Callable[[torch.Tensor], torch.Tensor], val: Split, ctx: TrainContext) -> float:
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], val: SplitBase, ctx: TrainContext) -> float:
     """Top-1 on val; under torchrun each rank scores a slice and the counts are summed (one number everywhere)."""
-    if not ctx.ranks.active:
-        return top1(predict(model, val.x, compute=ctx.compute), val.y)
-    part = ctx.ranks.split_rows(len(val))
-    logits = predict(model, val.x[part], compute=ctx.compute)
-    return ctx.ranks.sum(float((logits.argmax(1) == val.y[part]).sum()))[0] / len(val)
+    part = ctx.ranks.split_rows(len(val)) if ctx.ranks.active else slice(None)
+    logits = predict_split(model, val, compute=ctx.compute, rows=part, workers=ctx.workers)
+    correct = float((logits.argmax(1) == val.y[part]).sum())
+    return (ctx.ranks.sum(correct)[0] if ctx.ranks.active else correct) / len(val)
 
 
 @dataclass
@@ -238,8 +283,8 @@ def _end_epoch(loop: _Loop, rec: EpochRecord, ctx: TrainContext) -> None:
 def fit(
     model: nn.Module,
     *,
-    train: Split,
-    val: Split,
+    train: SplitBase,
+    val: SplitBase,
     step_loss: StepLoss,
     optimizer: torch.optim.Optimizer,
     epochs: int,

@@ -6,12 +6,16 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .metrics import Metric, per_class_recall, scores
 from .records import Latency, Metrics
 from .runtimes.base import Session
+
+if TYPE_CHECKING:
+    from .data import SplitBase
 
 
 @dataclass
@@ -27,6 +31,12 @@ class Scores:
     def of(cls, logits: np.ndarray, y: np.ndarray, num_classes: int, metric: Metric) -> Scores:
         every = scores(logits, y, metric)
         return cls(every["top1"], per_class_recall(logits, y, num_classes), every[metric.name], every)
+
+
+def run_split(session: Session, split: SplitBase, batch_size: int, workers: int = 0) -> np.ndarray:
+    """The session's outputs over a whole split, read a batch at a time (streamed splits stay on disk)."""
+    outs = [session.run_all(x.numpy(), batch_size) for x, _ in split.batches(batch_size * 8, workers=workers)]
+    return np.concatenate(outs).astype(np.float32)
 
 
 def measure_latency(session: Session, sample: np.ndarray, *, warmup: int, runs: int, threads: int,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import yaml
 from tiny_models import make_patterns, train_teacher
 
 os.environ.setdefault("CI", "1")  # no progress bars in test output
+# teacher outputs are cached per user; tests keep theirs away from ~/.cache (subprocess builds inherit it)
+os.environ.setdefault("EDGEFORGE_CACHE_DIR", tempfile.mkdtemp(prefix="edgeforge-test-cache-"))
 torch.set_num_threads(2)
 
 

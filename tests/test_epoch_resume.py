@@ -61,27 +61,39 @@ def test_fit_resumes_bit_for_bit(tmp_path: Path) -> None:
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
+# QAT epochs of the tiny student take a fraction of a second: a larger training split gives the kill time to land
+QAT_CHANGES = {"distill.epochs": 2, "qat.epochs": 6, "qat.batch_size": 16, "targets": ["onnx-cpu-int8"],
+               "preflight": False, "data.augment": {"hflip": True, "crop_padding": 1}}
+
+
 @pytest.mark.slow
-def test_sigkill_in_distillation_epoch_resumes_there(tiny_assets: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stage", "changes"), [("distill", CHANGES), ("qat", QAT_CHANGES)])
+def test_sigkill_in_a_training_epoch_resumes_there(tiny_assets: Path, tmp_path: Path, stage: str,
+                                                   changes: dict[str, object]) -> None:
+    """Killed in the middle of epoch k of a stage, the rerun starts at epoch k and ends with the same files.
+
+    The QAT case trains on augmented batches, so the resumed epochs must also redraw the same augmentation.
+    """
+    epochs = int(changes[f"{stage}.epochs"])  # type: ignore[call-overload]
     ref = tmp_path / "ref"
-    subprocess.run(_cmd(write_config(tmp_path / "ref.yaml", tiny_config(tiny_assets, ref, **CHANGES))), env=ENV,
+    subprocess.run(_cmd(write_config(tmp_path / "ref.yaml", tiny_config(tiny_assets, ref, **changes))), env=ENV,
                    cwd=ROOT, check=True, capture_output=True, timeout=600)
     out = tmp_path / "out"
-    cfg = write_config(tmp_path / "e.yaml", tiny_config(tiny_assets, out, **CHANGES))
+    cfg = write_config(tmp_path / "e.yaml", tiny_config(tiny_assets, out, **changes))
     proc = subprocess.Popen(_cmd(cfg), env=ENV, cwd=ROOT, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not list((out / "cache" / "partial").glob(f"distill-*/{FILE}")):
+    while not list((out / "cache" / "partial").glob(f"{stage}-*/{FILE}")):
         assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the next epoch
+        time.sleep(0.02)
+    time.sleep(0.1)  # into the next epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    [ckpt] = list((out / "cache" / "partial").glob(f"distill-*/{FILE}"))
+    [ckpt] = list((out / "cache" / "partial").glob(f"{stage}-*/{FILE}"))
     done = int(torch.load(ckpt, weights_only=True)["epoch"])
-    assert 1 <= done < EPOCHS
+    assert 1 <= done < epochs
     again = subprocess.run(_cmd(cfg), env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"[distill] resuming at epoch {done + 1}/{EPOCHS} (epochs 1-{done} were saved" in again.stderr
+    assert f"[{stage}] resuming at epoch {done + 1}/{epochs} (epochs 1-{done} were saved" in again.stderr
     assert _hashes(out) == _hashes(ref)
-    assert json.loads((out / "manifest.json").read_text())["stages"]["distill"]["resumed_at_epoch"] == done + 1
+    assert json.loads((out / "manifest.json").read_text())["stages"][stage]["resumed_at_epoch"] == done + 1
     assert not list((out / "cache" / "partial").iterdir())  # checkpoints go once the stages are complete

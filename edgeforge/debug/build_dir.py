@@ -38,7 +38,7 @@ def _inputs(lc: Any, inputs: Path | None, samples: int) -> np.ndarray:
         return np.asarray(x[:samples], dtype=np.float32)
     from ..data import load_data
 
-    return load_data(lc).test.x[:samples].numpy()
+    return load_data(lc).test.head(samples).numpy()
 
 
 def debug_build(build_dir: str | Path, target: str, *, inputs: str | Path | None = None, samples: int = 32,

@@ -21,7 +21,7 @@ def verdict_over_gate(plan: Plan, target: TargetProfile, artifact: Path, metrics
     limit = plan.gates[target.name].max_drift_points
     if target.precision != "int8" or limit is None or abs(metrics.drift_points) <= limit:
         return None
-    x = plan.data.test.x[:SAMPLES].numpy()
+    x = plan.data.test.head(SAMPLES).numpy()
     return first_divergent(plan.lc.output_dir / "student_qat.pt2", artifact, target, x)
 
 

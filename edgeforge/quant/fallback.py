@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from ..config import QatConfig
-from ..data import DataBundle, Split
+from ..data import DataBundle, Split, SplitBase
 from ..errors import ConfigError, EdgeforgeError
 from ..metrics import Metric, label, resolve_metric
 from ..records import Fallback, FallbackLayer, FallbackStep
-from ..training import predict
+from ..training import predict, predict_split
 from .op_families import family_of
 from .quantizer import Int8Quantizer, Int8Scheme
 
@@ -59,8 +59,7 @@ class Simulation:
 
     model: torch.fx.GraphModule
     switches: dict[str, list[nn.Module]]
-    x: torch.Tensor  # the validation split
-    y: torch.Tensor
+    val: SplitBase
     metric: Metric
     float_value: float  # the float student's metric
     float_worst: torch.Tensor  # the float student's logits on the worst samples
@@ -72,9 +71,9 @@ class Simulation:
             for fq in quantizers:
                 fq.enable_fake_quant(module not in kept)  # type: ignore[operator]
         with torch.no_grad():
-            logits = predict(self.model, self.x)
+            logits = predict_split(self.model, self.val)
         error = float(((logits[self.worst] - self.float_worst) ** 2).mean())
-        return (self.float_value - self.metric(logits.numpy(), self.y.numpy())) * 100, error
+        return (self.float_value - self.metric(logits.numpy(), self.val.y.numpy())) * 100, error
 
 
 def scheme_of(cfg: QatConfig) -> Int8Scheme:
@@ -93,7 +92,7 @@ def simulation(student: nn.Module, data: DataBundle, calibration: Split, cfg: Qa
 
     from .qat import _set_fake_quant, export_for_training
 
-    gm = export_for_training(copy.deepcopy(student).cpu().train(), data.train.x)
+    gm = export_for_training(copy.deepcopy(student).cpu().train(), data.train.head(2))
     prepared = prepare_qat_pt2e(gm, Int8Quantizer(scheme_of(cfg), float_modules=tuple(cfg.float_modules)))
     move_exported_model_to_eval(prepared)
     _set_fake_quant(prepared, observe=True, quantize=False, learn=False)
@@ -105,13 +104,13 @@ def simulation(student: nn.Module, data: DataBundle, calibration: Split, cfg: Qa
         fqs = [n.args[1] for n in nodes if isinstance(n.args[1], torch.fx.Node) and n.args[1].op == "call_module"]
         if fqs and module not in cfg.float_modules:
             switches[module] = [prepared.get_submodule(str(f.target)) for f in fqs]
-    x, y = data.val.x, data.val.y
+    y = data.val.y
     with torch.no_grad():
-        float_logits = predict(copy.deepcopy(student).cpu().eval(), x)
-        int8_logits = predict(prepared, x)
+        float_logits = predict_split(copy.deepcopy(student).cpu().eval(), data.val)
+        int8_logits = predict_split(prepared, data.val)
     worst = ((int8_logits - float_logits) ** 2).mean(1).argsort(descending=True)[:WORST_SAMPLES]
     metric = resolve_metric(cfg.fallback.metric if cfg.fallback else "top1", data.num_classes)
-    return Simulation(prepared, switches, x, y, metric, metric(float_logits.numpy(), y.numpy()), float_logits[worst],
+    return Simulation(prepared, switches, data.val, metric, metric(float_logits.numpy(), y.numpy()), float_logits[worst],
                       worst)
 
 
@@ -181,7 +180,7 @@ def float_fallback(out: Any, student: nn.Module, data: DataBundle, calibration: 
 
     def value(model: Callable[[torch.Tensor], torch.Tensor]) -> float:
         with torch.no_grad():
-            return metric(predict(model, data.val.x).numpy(), data.val.y.numpy())
+            return metric(predict_split(model, data.val).numpy(), data.val.y.numpy())
 
     float_value, int8_value = value(copy.deepcopy(student).cpu().eval()), value(out.converted)
     drop = (float_value - int8_value) * 100

@@ -24,7 +24,7 @@ from ..config import QatConfig
 from ..data import DataBundle, Split
 from ..devices import exact_fp32, on_device
 from ..errors import ModelError
-from ..training import TrainContext, TrainResult, fit, kd_loss, make_optimizer, predict, teacher_logits, top1
+from ..training import TrainContext, TrainResult, evaluate, fit, kd_loss, make_optimizer, predict, teacher_logits
 from .quantizer import Int8Quantizer, Int8Scheme
 
 
@@ -70,7 +70,7 @@ def _prepare(student: nn.Module, data: DataBundle, calibration: Split, cfg: QatC
 
     scheme = Int8Scheme(learn_activation_ranges=cfg.learn_ranges, range_init=cfg.range_init,
                         weight_bits=4 if cfg.scheme == "w4a8" else 8)
-    gm = export_for_training(copy.deepcopy(student).cpu().train(), data.train.x)
+    gm = export_for_training(copy.deepcopy(student).cpu().train(), data.train.head(2))
     prepared = prepare_qat_pt2e(gm, Int8Quantizer(scheme, float_modules=tuple(cfg.float_modules)))
     # Range initialisation: observe the calibration set with fake-quant off and BN in eval mode,
     # so the first QAT step starts from calibrated scales instead of one batch's statistics.
@@ -95,7 +95,7 @@ def quantization_aware_training(
     with exact_fp32(), (on_device(keep, dev) if keep is not None else contextlib.nullcontext()):
         result = _fine_tune(prepared.to(dev), keep, data, cfg, temperature, alpha, show_progress, ctx)
     prepared.cpu().load_state_dict(result.best_state)
-    converted, max_diff, n_q = _convert(prepared, data.val.x[:256])
+    converted, max_diff, n_q = _convert(prepared, data.val.head(256))
     ctx.ranks.same_everywhere(carrier_digest(converted), "QAT carriers")
     return QatOutput(converted, result, max_diff, n_q)
 
@@ -120,7 +120,7 @@ def _fine_tune(prepared: torch.fx.GraphModule, teacher: nn.Module | None, data: 
     if cfg.epochs == 0:  # PTQ: the calibrated ranges as they are, no fine-tuning
         _set_fake_quant(prepared, observe=False, quantize=True, learn=False)
         return TrainResult(best_state=prepared.state_dict(), best_epoch=0,
-                           best_val_top1=top1(predict(prepared, data.val.x, compute=ctx.compute), data.val.y))
+                           best_val_top1=evaluate(prepared, data.val, ctx))
     range_params = [p for n, p in prepared.named_parameters() if n.endswith((".scale", ".zero_point"))]
     range_ids = {id(p) for p in range_params}
     weights = [p for p in prepared.parameters() if id(p) not in range_ids]
@@ -129,14 +129,22 @@ def _fine_tune(prepared: torch.fx.GraphModule, teacher: nn.Module | None, data: 
         groups.append({"params": range_params, "lr": cfg.lr * cfg.range_lr_ratio, "weight_decay": 0.0})
     opt = make_optimizer("adam", groups, cfg.lr, cfg.weight_decay)
 
-    cache = teacher_logits(teacher, data.train.x, ctx) if teacher is not None else None
+    # teacher outputs are computed once unless the training inputs change every epoch (augmentation)
+    cache = teacher_logits(teacher, data.train, ctx) if teacher is not None and not ctx.inputs_vary else None
     t = cfg.temperature or temperature
     a = (cfg.alpha if cfg.alpha is not None else alpha) if teacher is not None else 0.0
     # DDP over the prepared graph; .train()/.eval() raise on it, so modes switch on the graph itself
     net = ctx.ranks.wrap(prepared)
 
     def step_loss(idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return kd_loss(net(x), cache[idx].to(x.device) if cache is not None else None, y, t, a)
+        if cache is not None:
+            t_logits = cache[idx].to(x.device)
+        elif teacher is not None and a > 0:
+            with torch.no_grad():
+                t_logits = teacher(x)
+        else:
+            t_logits = None
+        return kd_loss(net(x), t_logits, y, t, a)
 
     def on_epoch_start(epoch: int) -> None:
         # With observed (not learned) ranges, freeze them for the last epoch so the final
