@@ -9,6 +9,7 @@ from torch import nn
 
 from ..registry import Registry
 from .families.mobilenet import mobilenet_v2, mobilenet_v3
+from .families.transformer import transformer
 
 StudentBuilder = Callable[..., nn.Module]
 STUDENTS: Registry[StudentBuilder] = Registry("student family")
@@ -82,6 +83,7 @@ STUDENTS.add("convnet", ConvNet)
 STUDENTS.add("separable", SeparableNet)
 STUDENTS.add("mobilenet_v3", mobilenet_v3)
 STUDENTS.add("mobilenet_v2", mobilenet_v2)
+STUDENTS.add("transformer", transformer)  # token inputs: see edgeforge.inputs.token_inputs
 
 
 def count_parameters(model: nn.Module) -> int:
