@@ -1,9 +1,10 @@
 """The layer report names the layer whose scale is wrong, per format, and flags nothing in a clean artifact.
 
-The digits carrier (conftest) is exported to ONNX int8 and TFLite int8; one conv's weight scale
-is then multiplied by 1.5 in the written file (a DequantizeLinear scale initializer in the .onnx,
-the weight tensor's quantization scale in the .tflite flatbuffer), and the report must name that
-conv's module as the first divergent node.
+The digits carrier (conftest) is exported to ONNX int8, TFLite int8 and a Core ML W8A8 program; one
+conv's weight scale is then multiplied by 1.5 in the written file (a DequantizeLinear scale
+initializer in the .onnx, the weight tensor's quantization scale in the .tflite flatbuffer, the
+constexpr_affine_dequantize scale in the .mlpackage's weight.bin), and the report must name that
+conv's module as the first divergent node. ExecuTorch has no probe: the report says so.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ SAMPLES = 24
 
 
 def _profile(fmt: str) -> TargetProfile:
+    batch = "dynamic" if fmt in ("onnx", "executorch") else 1  # Core ML and TFLite files have a static batch
     spec: dict[str, Any] = {"name": f"{fmt}-int8", "format": fmt, "precision": "int8",
-                            "input": {"layout": "NCHW", "dtype": "float32", "batch": 1 if fmt == "tflite" else "dynamic"},
+                            "input": {"layout": "NCHW", "dtype": "float32", "batch": batch},
                             "runtime": {"threads": 1}}
     return TargetProfile.model_validate(spec)
 
@@ -39,8 +41,14 @@ def exported(digits_carrier: dict[str, Any], tmp_path_factory: pytest.TempPathFa
             "carrier": digits_carrier["carrier"]}
 
 
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
+FORMATS = [pytest.param("onnx", marks=pytest.mark.onnx), pytest.param("tflite", marks=pytest.mark.tflite),
+           pytest.param("coreml", marks=pytest.mark.coreml)]
+NEEDS = {"onnx": "onnxruntime", "tflite": "litert_torch", "coreml": "coremltools"}
+
+
 def _export(exported: dict[str, Any], fmt: str) -> Path:
-    path = exported["dir"] / f"model.{fmt}"
+    path = exported["dir"] / f"model{SUFFIX[fmt]}"
     if not path.exists():
         get_exporter(fmt).export(exported["carrier"], _profile(fmt), path)
     return path
@@ -72,10 +80,36 @@ def _plant_tflite(src: Path, dst: Path, conv_index: int) -> None:
     dst.write_bytes(_write_model(model))
 
 
-@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=pytest.mark.onnx),
-                                 pytest.param("tflite", marks=pytest.mark.tflite)])
+def _plant_coreml(src: Path, dst: Path, conv_index: int) -> None:
+    """The conv's weight scale (an fp16 blob in weight.bin: 64-byte header, then the data) times 1.5."""
+    import struct
+
+    from coremltools.proto import Model_pb2
+
+    from edgeforge.coreml.program import model_dir_of
+
+    shutil.copytree(src, dst)
+    spec_path, model_dir = model_dir_of(dst)
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    fn = spec.mlProgram.functions["main"]
+    ops = list(fn.block_specializations[fn.opset].operations)
+    weight = [o for o in ops if o.type == "conv"][conv_index].inputs["weight"].arguments[0].name
+    dequantize = next(o for o in ops if o.outputs[0].name == weight)
+    scale = dequantize.attributes["scale"]
+    assert scale.WhichOneof("value") == "blobFileValue", "the planted scale is expected in weight.bin"
+    blob = model_dir / "weights" / "weight.bin"
+    raw = bytearray(blob.read_bytes())
+    sentinel, _, size, offset = struct.unpack_from("<IIQQ", raw, scale.blobFileValue.offset)
+    assert sentinel == 0xDEADBEEF
+    values = np.frombuffer(bytes(raw[offset:offset + size]), np.float16) * np.float16(1.5)
+    raw[offset:offset + size] = values.astype(np.float16).tobytes()
+    blob.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_clean_artifact_flags_nothing(exported: dict[str, Any], fmt: str) -> None:
-    pytest.importorskip("onnxruntime" if fmt == "onnx" else "litert_torch")
+    pytest.importorskip(NEEDS[fmt])
     report = layer_report(exported["carrier"].quantized, _export(exported, fmt), _profile(fmt), exported["x"])
     assert [r.module for r in report.rows] == ["input", "stem.0", PLANTED, "features.1.0", "", "classifier"]
     assert all(r.tensor is not None for r in report.rows), report.to_text()
@@ -83,16 +117,17 @@ def test_clean_artifact_flags_nothing(exported: dict[str, Any], fmt: str) -> Non
     assert "no node diverges" in report.to_text()
 
 
-@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=pytest.mark.onnx),
-                                 pytest.param("tflite", marks=pytest.mark.tflite)])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_planted_scale_is_named(exported: dict[str, Any], fmt: str) -> None:
-    pytest.importorskip("onnxruntime" if fmt == "onnx" else "litert_torch")
+    pytest.importorskip(NEEDS[fmt])
     src = _export(exported, fmt)
-    bad = exported["dir"] / f"planted.{fmt}"
+    bad = exported["dir"] / f"planted{SUFFIX[fmt]}"
     if fmt == "onnx":
         _plant_onnx(src, bad, PLANTED)
-    else:
+    elif fmt == "tflite":
         _plant_tflite(src, bad, 1)
+    else:
+        _plant_coreml(src, bad, 1)
     report = layer_report(exported["carrier"].quantized, bad, _profile(fmt), exported["x"])
     first = report.first_divergent
     assert first is not None and first.module == PLANTED, report.to_text()
@@ -132,3 +167,40 @@ def test_first_divergent_in_manifest_schema_and_record() -> None:
                 first_divergent=FirstDivergent("quantize_per_tensor_2", PLANTED, "conv2d+relu", "SQNR 5.4 dB"))
     back = metrics_from({"metrics": asdict(m)})
     assert back.first_divergent == m.first_divergent
+
+
+@pytest.mark.coreml
+def test_coreml_tensors_come_from_the_op_mapping(exported: dict[str, Any]) -> None:
+    """Each node's tensor is the MIL quantize op coremltools made from it (or from its dequantize user)."""
+    pytest.importorskip("coremltools")
+    report = layer_report(exported["carrier"].quantized, _export(exported, "coreml"), _profile("coreml"), exported["x"])
+    tensors = [r.tensor or "" for r in report.rows]
+    assert all(t.startswith("quantize_") for t in tensors) and len(set(tensors)) == len(tensors), tensors
+    assert "reference interpreter" in report.kernels
+    assert max(r.max_lsb or 0.0 for r in report.rows) <= 2.0, report.to_text()  # fp16 between ops: rounding only
+
+
+def test_coreml_match_by_name_then_by_position() -> None:
+    from edgeforge.debug.carrier_nodes import QuantNode
+    from edgeforge.debug.coreml_probe import match_coreml
+
+    nodes = [QuantNode(f"q{i}", f"m{i}", "conv2d", 0.1, 0) for i in range(3)]
+    mapped = {"q0": "quantize_3_cast_fp16", "q1": "quantize_4_cast_fp16", "q2": "quantize_5_cast_fp16"}
+    converted = ["quantize_3_cast_fp16", "quantize_4_cast_fp16", "quantize_5_cast_fp16"]
+    same = match_coreml(nodes, mapped, converted, list(converted))
+    assert same == mapped
+    renamed = match_coreml(nodes, mapped, converted, ["a", "b", "c"])  # another conversion: same order, new names
+    assert renamed == {"q0": "a", "q1": "b", "q2": "c"}
+    assert match_coreml(nodes, mapped, converted, ["a", "b"]) == {}  # neither names nor counts agree: nothing
+
+
+def test_executorch_is_listed_not_probed_with_its_reason(exported: dict[str, Any], tmp_path: Path) -> None:
+    from edgeforge.debug.report import NotProbed
+    from edgeforge.quant.qat import save_carrier
+
+    with pytest.raises(NotProbed, match="executorch: not probed: the XNNPACK delegate"):
+        layer_report(exported["carrier"].quantized, tmp_path / "model.pte", _profile("executorch"), exported["x"])
+    carrier_file = tmp_path / "student_qat.pt2"
+    save_carrier(exported["carrier"].quantized, exported["carrier"].example(2), str(carrier_file))
+    verdict = first_divergent(carrier_file, tmp_path / "model.pte", _profile("executorch"), exported["x"])
+    assert verdict.node is None and verdict.metric.startswith("not probed: the XNNPACK delegate"), verdict.metric

@@ -7,6 +7,7 @@ the device's exact accumulation order is not reproduced, hence the fp16 toleranc
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ class ReferenceInterpreter:
             else:
                 self._ops.append(op)
         self.input_name, self.input_type = self.program.inputs[0]
+        self._produced = {name for op in self.program.ops for name, _ in op.outputs} | set(self._consts)
 
     def _execute(self, op: Op, env: dict[str, Any]) -> Any:
         values: dict[str, list[Any]] = {k: [v] for k, v in op.attributes.items() if k != "name"}
@@ -81,9 +83,21 @@ class ReferenceInterpreter:
                                        f"program declares {tt.shape}")
             env[name] = arr
 
-    def run(self, inputs: dict[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+    def constant(self, name: str) -> Any:
+        """A constant of the program (a const op, or a constexpr op over constants) by its output name."""
+        return self._consts[name]
+
+    def run(self, inputs: dict[str, np.ndarray] | np.ndarray, keep: Collection[str] = ()) -> dict[str, np.ndarray]:
+        """The program's outputs, plus the intermediate values named in ``keep`` (MIL op output names).
+
+        Reading an intermediate changes nothing in how the program runs (unlike a runtime that fuses
+        around its outputs), so these are the very values the outputs were computed from.
+        """
         if not isinstance(inputs, dict):
             inputs = {self.input_name: inputs}
+        unknown = sorted(set(keep) - self._produced)
+        if unknown:
+            raise InterpreterError(f"no op of this program outputs {', '.join(unknown)}")
         env = dict(self._consts)
         for name, tt in self.program.inputs:
             if name not in inputs:
@@ -92,7 +106,7 @@ class ReferenceInterpreter:
             env[name] = np.asarray(inputs[name]).astype(tt.np_dtype, copy=False)
         for op in self._ops:
             self._store(op, self._execute(op, env), env)
-        return {name: env[name] for name in self.program.outputs}
+        return {name: env[name] for name in (*self.program.outputs, *keep)}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """First output for a single input, as float32."""

@@ -107,3 +107,20 @@ def carrier_values(gm: torch.fx.GraphModule, nodes: list[QuantNode], x: np.ndarr
     with torch.no_grad():
         rec.run(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
     return {n.name: (rec.seen[n.name].double().numpy() - n.zero_point) * n.scale for n in nodes}
+
+
+def output_step(gm: torch.fx.GraphModule) -> float | None:
+    """The quantization step (scale) of the carrier's output, when the output is a dequantized int8 tensor.
+
+    None when the output is float (a float head kept by qat.fallback, or no quantize op at the end).
+    """
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    first = out.args[0]
+    while isinstance(first, (tuple, list)) and first:
+        first = first[0]
+    if not isinstance(first, torch.fx.Node) or _op_name(first) != "dequantize_per_tensor":
+        return None
+    src = first.args[0]
+    if not isinstance(src, torch.fx.Node) or not _is_activation_quantize(src):
+        return None
+    return float(_const(gm, src.args[1]))

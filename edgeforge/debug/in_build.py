@@ -28,10 +28,12 @@ def verdict_over_gate(plan: Plan, target: TargetProfile, artifact: Path, metrics
 def first_divergent(carrier_file: Path, artifact: Path, target: TargetProfile, x: np.ndarray) -> FirstDivergent:
     """The first divergent node of ``artifact`` (None when none diverges); a failure is its one-line reason."""
     from ..quant.qat import load_carrier
-    from .report import layer_report
+    from .report import NotProbed, layer_report
 
     try:
         report = layer_report(load_carrier(str(carrier_file)), artifact, target, x)
+    except NotProbed as exc:  # a format without a probe says so, never "failed"
+        return FirstDivergent(None, None, None, str(exc).split(": ", 1)[-1])
     except Exception as exc:  # the report is a diagnosis: whatever breaks it, the build goes on
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         return FirstDivergent(None, None, None, f"layer report failed: {reason}")

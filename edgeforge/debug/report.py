@@ -110,6 +110,19 @@ class LayerReport:
         return f"first divergent node: {first.node} ({first.module or 'top module'}, {first.op}): {first.metric_text()}"
 
 
+def fixed_batches(x: np.ndarray, batch: int | None) -> list[tuple[np.ndarray, int]]:
+    """(chunk, real rows) in batches of a file's fixed size (the last padded), or of 16 for a dynamic batch."""
+    step = batch or 16
+    out = []
+    for i in range(0, len(x), step):
+        chunk = x[i : i + step]
+        n = len(chunk)
+        if batch and n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        out.append((chunk, n))
+    return out
+
+
 def to_carrier_layout(art: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """The artifact's tensor in the carrier's shape (channel-last files hold NHWC activations)."""
     if art.shape == ref.shape:
@@ -136,8 +149,20 @@ def compare(row: NodeRow, art: np.ndarray, ref: np.ndarray, t: Thresholds) -> No
     row.diverged = row.share_over_1lsb > t.max_share_over_1lsb or row.sqnr_db < t.min_sqnr_db
 
 
-def _probe(fmt: str, path: Path, target: TargetProfile, nodes: list[QuantNode], x: np.ndarray,
-           ref: dict[str, np.ndarray]) -> ProbeResult:
+# Formats the layer report cannot read yet, and why (listed as "not probed: <reason>", never left out).
+NOT_PROBED = {
+    "executorch": "the XNNPACK delegate runs the whole int8 graph as one delegate call; ExecuTorch's ETDump "
+                  "records delegate outputs and profiling events, not the tensors inside it, and a prefix "
+                  "program per node (as for ONNX) is not built yet",
+}
+
+
+class NotProbed(EdgeforgeError):
+    """The target's format has no layer probe; the message says why."""
+
+
+def _probe(fmt: str, path: Path, target: TargetProfile, carrier: torch.fx.GraphModule, nodes: list[QuantNode],
+           x: np.ndarray, ref: dict[str, np.ndarray]) -> ProbeResult:
     if fmt == "onnx":
         from .onnx_probe import probe_onnx
 
@@ -146,7 +171,11 @@ def _probe(fmt: str, path: Path, target: TargetProfile, nodes: list[QuantNode], 
         from .tflite_probe import probe_tflite
 
         return probe_tflite(path, target, nodes, x, {k: int(np.prod(v.shape[1:])) for k, v in ref.items()})
-    raise EdgeforgeError(f"the layer report reads onnx and tflite artifacts; {fmt} is not supported yet")
+    if fmt == "coreml":
+        from .coreml_probe import probe_coreml
+
+        return probe_coreml(path, target, carrier, nodes, x)
+    raise NotProbed(f"{fmt}: not probed: the layer report reads onnx, tflite and coreml artifacts")
 
 
 def layer_report(carrier: torch.fx.GraphModule, artifact: Path, target: TargetProfile, x: np.ndarray, *,
@@ -154,12 +183,14 @@ def layer_report(carrier: torch.fx.GraphModule, artifact: Path, target: TargetPr
     """Compare every quantized node of ``carrier`` with ``artifact``'s tensor on inputs ``x`` (NCHW float32)."""
     if target.precision != "int8":
         raise EdgeforgeError(f"target {target.name} is {target.precision}; the layer report compares int8 artifacts")
+    if target.format in NOT_PROBED:  # said before the carrier runs: there is nothing to compare it with
+        raise NotProbed(f"{target.format}: not probed: {NOT_PROBED[target.format]}")
     t = thresholds or Thresholds()
     nodes = quantized_nodes(carrier)
     if not nodes:
         raise EdgeforgeError("the carrier has no quantized nodes; is it the converted QAT graph (student_qat.pt2)?")
     ref = carrier_values(carrier, nodes, x)
-    got = _probe(target.format, artifact, target, nodes, x, ref)
+    got = _probe(target.format, artifact, target, carrier, nodes, x, ref)
     report = LayerReport(target.name, target.format, artifact.name, len(x), got.kernels, t)
     for i, n in enumerate(nodes):
         row = NodeRow(i, n.name, n.module, n.op, n.scale, got.tensors.get(n.name))

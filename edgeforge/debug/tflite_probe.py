@@ -17,23 +17,10 @@ import numpy as np
 from ..errors import EdgeforgeError, require
 from .carrier_nodes import QuantNode
 from .match import Tensor, match_tflite
-from .report import ProbeResult
+from .report import ProbeResult, fixed_batches
 
 if TYPE_CHECKING:
     from ..targets import TargetProfile
-
-
-def _chunks(x: np.ndarray, batch: int | None) -> list[tuple[np.ndarray, int]]:
-    """Batches of the file's fixed size (the last padded), or of 16 for a dynamic batch."""
-    step = batch or 16
-    out = []
-    for i in range(0, len(x), step):
-        chunk = x[i : i + step]
-        n = len(chunk)
-        if batch and n < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-        out.append((chunk, n))
-    return out
 
 
 def _nchw_tensors(it: Any, ops: list[dict[str, Any]], input_layout: str) -> set[int]:
@@ -50,7 +37,7 @@ def _read(session: Any, pairs: dict[str, Tensor], x: np.ndarray, nchw: set[int])
     got: dict[str, list[np.ndarray]] = {n: [] for n in pairs}
     logits = []
     it = session.interpreter
-    for chunk, n in _chunks(x, session.fixed_batch):
+    for chunk, n in fixed_batches(x, session.fixed_batch):
         logits.append(session.run(chunk)[:n])
         for name, t in pairs.items():
             codes = it.get_tensor(int(t.key))[:n].astype(np.float64)
