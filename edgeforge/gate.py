@@ -33,6 +33,14 @@ def latency_check(lat: Latency | None, budget: float, note: str | None) -> Check
     return _le("latency_p90", lat.p90_ms, budget, f"p90 latency ({lat.measured_on})", " ms")
 
 
+def logit_lsb_check(m: Metrics, limit: float) -> Check:
+    if m.logit_lsb_p99 is None or m.output_step is None:
+        why = m.logit_lsb_note or "not measured (this record predates the logit LSB metric)"
+        return Check("logit_lsb", True, None, limit, why, skipped=True)
+    return _le("logit_lsb", m.logit_lsb_p99, limit, f"p99 |logit diff| vs {m.reference} in output LSBs "
+               f"(1 LSB = {m.output_step:.4g}; max {m.logit_lsb_max:.4g})", " LSB")
+
+
 def evaluate_gate(metrics: Metrics, gate: GateSpec, parity_atol: float | None) -> list[Check]:
     """Checks of one validated artifact against its effective gate."""
     checks: list[Check] = []
@@ -45,6 +53,8 @@ def evaluate_gate(metrics: Metrics, gate: GateSpec, parity_atol: float | None) -
                           f"|{metric} drift| vs {ref}", " pt"))
     if gate.min_agreement is not None:
         checks.append(_ge("agreement", metrics.agreement, gate.min_agreement, f"top-1 agreement with {ref}"))
+    if gate.max_logit_lsb is not None:
+        checks.append(logit_lsb_check(metrics, gate.max_logit_lsb))
     if parity_atol is not None:
         checks.append(_le("parity", metrics.max_abs_diff, parity_atol, f"max |logit diff| vs {ref}"))
     if gate.max_latency_p90_ms is not None:

@@ -209,6 +209,13 @@ def _named_head(metric: str, what: str = "") -> str:
     return "" if metric == "top1" else f"{metric_label(metric)}{what}"
 
 
+def _lsb(mt: dict[str, Any]) -> str:
+    from .report import logit_lsb_text
+
+    text = logit_lsb_text(mt)
+    return f"<br><span class=skip>logits {_e(text)}</span>" if text else ""
+
+
 def _target_row(t: dict[str, Any], metric: str = "top1") -> str:
     mt = t.get("metrics")
     checks = t.get("checks", [])
@@ -224,7 +231,7 @@ def _target_row(t: dict[str, Any], metric: str = "top1") -> str:
              else f"<span class=skip>{_e(mt.get('latency_note') or 'not measured')}</span>")
     return (f"{head}<td>{_e(t['status'])}</td><td>{_e(t.get('executor') or '')}</td>"
             f"<td class=num>{mt['top1'] * 100:.2f}%</td>{_named(mt)}<td class=num>{_ret(mt.get('retention'))}</td>"
-            f"<td class=num>{mt['drift_points']:+.2f} pt vs {_e(mt['reference'])}</td>"
+            f"<td class=num>{mt['drift_points']:+.2f} pt vs {_e(mt['reference'])}{_lsb(mt)}</td>"
             f"<td class=num>{mt['size_bytes'] / 1024:.1f} KiB ({mt['compression_vs_teacher']:.0f}x)</td>"
             f"<td>{lat_s}</td><td>{gate}</td></tr>")
 

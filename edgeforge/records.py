@@ -99,6 +99,12 @@ class Metrics:
     latency_note: str | None = None
     host_latency: Latency | None = None
     first_divergent: FirstDivergent | None = None  # only for an int8 target whose drift exceeded its gate
+    # |logit - reference logit| in steps of the carrier's int8 output: per input its largest over the classes,
+    # then the 99th percentile and the max over the test split; None (with the note) for a float output
+    logit_lsb_p99: float | None = None
+    logit_lsb_max: float | None = None
+    output_step: float | None = None  # the carrier's output scale (one LSB of the logits)
+    logit_lsb_note: str | None = None  # why logit_lsb is not applicable ("not applicable: ...")
     value: float | None = None  # the metric's value; manifests before metric: have only top1 (then the metric)
     reference_value: float | None = None
     scores: dict[str, float] = field(default_factory=dict)  # every metric that applies, by name

@@ -42,6 +42,13 @@ def _model_rows(models: dict[str, Any], extra: str) -> list[str]:
             f"| QAT simulation (int8) | {_pct(q['top1'])} |{_named(q)} - | - |"]
 
 
+def logit_lsb_text(mt: dict[str, Any]) -> str:
+    """The logit difference in output LSBs, 'n/a' for a float output, '' for a record from before the metric."""
+    if mt.get("logit_lsb_p99") is not None:
+        return f"p99 {mt['logit_lsb_p99']:.3g} / max {mt['logit_lsb_max']:.3g} LSB"
+    return "LSB n/a (float output)" if mt.get("logit_lsb_note") else ""
+
+
 def _target_row(t: dict[str, Any], metric: str) -> str:
     mt = t.get("metrics")
     gate = "pass" if t["checks"] and all(c["passed"] for c in t["checks"]) else "FAIL"
@@ -54,7 +61,7 @@ def _target_row(t: dict[str, Any], metric: str) -> str:
     retention = "-" if mt["retention"] is None else f"{mt['retention']:.4f}"
     return (f"| {t['name']} | {t['format']} | {t['precision']} | {t['status']} | {_pct(mt['top1'])} |{_named(mt)} "
             f"{retention} | {mt['drift_points']:+.2f} vs {mt['reference']} | {mt['agreement'] * 100:.2f}% | "
-            f"{mt['max_abs_diff']:.2e} | {_kib(mt['size_bytes'])} | {mt['compression_vs_teacher']:.1f}x | {lat_s} | {gate} |")
+            f"{mt['max_abs_diff']:.2e}{f' ({lsb})' if (lsb := logit_lsb_text(mt)) else ''} | {_kib(mt['size_bytes'])} | {mt['compression_vs_teacher']:.1f}x | {lat_s} | {gate} |")
 
 
 def _int8_speed_lines(m: dict[str, Any]) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .debug.in_build import verdict_over_gate
+from .debug.in_build import output_step, verdict_over_gate
 from .engine import Stage
 from .errors import RuntimeUnavailable
 from .exporters import get_exporter
@@ -27,7 +27,7 @@ from .records import Artifact, Check, Latency, Metrics
 from .runtimes import get_runtime
 from .stages import References
 from .targets import TargetProfile
-from .validate import artifact_digest, artifact_metrics, measure_latency, run_split
+from .validate import artifact_digest, artifact_metrics, measure_latency, run_split, set_logit_lsb
 
 Log = Callable[[str], None]
 
@@ -116,6 +116,7 @@ class ValidateStage(Stage[dict[str, Any]]):
             logits=logits, labels=p.data.test.y.numpy(), num_classes=p.data.num_classes, metric=p.metric,
             reference_values=refs.value, reference_name=ref, reference_logits=refs.logits[ref],
             size_bytes=exported.artifact.size_bytes, teacher_bytes=p.teacher_bytes)
+        set_logit_lsb(metrics, logits, refs.logits[ref], *output_step(t, p.lc.output_dir / "student_qat.pt2"))
         metrics.first_divergent = verdict_over_gate(p, t, exported.path, metrics)
         if folder is not None:
             np.save(folder / "logits.npy", logits)

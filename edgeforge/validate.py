@@ -109,3 +109,19 @@ def artifact_metrics(
         agreement=diff["agreement"], max_abs_diff=diff["max_abs_diff"], mean_abs_diff=diff["mean_abs_diff"],
         value=s.value, reference_value=ref, scores=s.scores,
     )
+
+
+def set_logit_lsb(m: Metrics, logits: np.ndarray, reference: np.ndarray, step: float | None, note: str) -> None:
+    """Record |logits - reference| in output LSBs (``step``: the carrier's output scale), or why not (``note``).
+
+    Per input the largest difference over the classes; then the 99th percentile over inputs (what the gate
+    bounds: the max of a split grows with its size, one input's rounding cascade should not fail a build,
+    and a prediction it flips is agreement's to catch) and the max.
+    """
+    if step is None or step <= 0:
+        m.logit_lsb_note = note
+        return
+    per_input = np.abs(logits.astype(np.float64) - reference).max(axis=1) / step
+    m.output_step = step
+    m.logit_lsb_p99 = float(np.percentile(per_input, 99, method="higher"))
+    m.logit_lsb_max = float(per_input.max())

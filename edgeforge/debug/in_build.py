@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,3 +42,22 @@ def first_divergent(carrier_file: Path, artifact: Path, target: TargetProfile, x
     if row is None:
         return FirstDivergent(None, None, None, report.verdict())
     return FirstDivergent(row.node, row.module, row.op, row.metric_text())
+
+
+def output_step(target: TargetProfile, carrier_file: Path) -> tuple[float | None, str]:
+    """The LSB of the logits an int8 target is judged in (the carrier's output scale), or why there is none."""
+    if target.precision != "int8":
+        return None, f"not applicable: a {target.precision} artifact's output is float (no quantization step)"
+    if not carrier_file.is_file():
+        return None, f"not measured: the carrier {carrier_file.name} is missing"
+    return _carrier_step(str(carrier_file), carrier_file.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _carrier_step(path: str, _mtime_ns: int) -> tuple[float | None, str]:
+    """Read once per carrier file (every int8 target of a build asks); the mtime keys a rewritten file anew."""
+    from ..quant.qat import load_carrier
+    from .carrier_nodes import output_step as step_of
+
+    step = step_of(load_carrier(path))
+    return step, "" if step is not None else "not applicable: the carrier's output is float (no output quantize op)"
