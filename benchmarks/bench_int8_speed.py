@@ -4,8 +4,8 @@
                                           [--format onnx --format tflite --format executorch] [--runs 400]
 
 For each MobileNet-style student (edgeforge's built-in `mobilenet_v3` = MobileNetV3-Small and
-`mobilenet_v2` = MobileNetV2 1.0 families, and an EfficientNet-Lite0-shaped network built from the
-same blocks: relu6, 3x3/5x5 depthwise, no squeeze-excite) at each input size, this makes the fp32
+`mobilenet_v2` = MobileNetV2 1.0 and `efficientnet_lite` = EfficientNet-Lite0 families: relu6,
+3x3/5x5 depthwise, no squeeze-excite) at each input size, this makes the fp32
 and int8 artifacts through edgeforge's own exporters and times them in their own runtimes through
 edgeforge's runtime adapters (the sessions `edgeforge build` measures), interleaved round by round
 so a change in the host's load hits fp32 and int8 alike. Warm-up first; median and p90 per artifact.
@@ -16,7 +16,10 @@ the int8 kernels and hence the speed are those of a QAT build; the accuracy is m
 reported. Also printed: for onnxruntime, the nodes its optimised graph (ORT_ENABLE_ALL) runs in
 float (each named by type and by the student module it comes from); for LiteRT, the float ops left
 in the int8 file; for ExecuTorch, the ops XNNPACK did not take. `--profile` adds onnxruntime's
-per-op-type time (its profiler), to tell slow int8 kernels from float islands.
+per-op-type time (its profiler) and, for LiteRT, each operator's CPU time measured alone in a
+single-op model cut from the file, summed per kernel: to tell slow int8 kernels from float islands.
+`--hardswish native --hardswish decomposed` adds MobileNetV3 rows whose int8 carrier writes
+hardswish as int8 parts (x * (relu6(x + 3) * 1/6)) instead of one HARD_SWISH op.
 """
 
 from __future__ import annotations
@@ -54,28 +57,16 @@ ORT_EDGES = {"QuantizeLinear", "DequantizeLinear"}
 ORT_MOVES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "Identity", "Gather", "Shape"}
 
 
-def efficientnet_lite0(in_channels: int, num_classes: int) -> torch.nn.Module:
-    """EfficientNet-Lite0's layout (Tan & Le 2019, lite: relu6, no SE) in edgeforge's MobileNet blocks."""
-    from edgeforge.models.families.mobilenet import Block, MobileNet
-
-    table = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
-             (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
-    blocks = [Block(k, t, c, False, "relu6", s if i == 0 else 1, stage)
-              for stage, (t, k, s, c, n) in enumerate(table, 1) for i in range(n)]
-    return MobileNet(in_channels, num_classes, blocks, stem=32, stem_stride=2, act="relu6", mult=1.0, divisor=8,
-                     last=1280, hidden=0, dropout=0.2)
-
-
-def _mobilenet(name: str) -> Callable[[int, int], torch.nn.Module]:
+def _family(name: str) -> Callable[[int, int], torch.nn.Module]:
     from edgeforge.models.students import STUDENTS
 
     return lambda cin, classes: STUDENTS.get(name)(cin, classes)
 
 
 MODELS: dict[str, Callable[[int, int], torch.nn.Module]] = {
-    "mobilenet_v3": _mobilenet("mobilenet_v3"),
-    "mobilenet_v2": _mobilenet("mobilenet_v2"),
-    "efficientnet_lite0": efficientnet_lite0,
+    "mobilenet_v3": _family("mobilenet_v3"),
+    "mobilenet_v2": _family("mobilenet_v2"),
+    "efficientnet_lite0": _family("efficientnet_lite"),  # the family's defaults are EfficientNet-Lite0
 }
 
 
@@ -90,9 +81,10 @@ class Row:
     unfused: str = ""
     errors: dict[str, str] = field(default_factory=dict)
     profile: dict[str, dict[str, float]] = field(default_factory=dict)
+    op_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # LiteRT profile: category -> ops
 
 
-def ptq_carrier(model: torch.nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
+def ptq_carrier(model: torch.nn.Module, shape: tuple[int, ...], *, decompose_hardswish: bool = False) -> torch.fx.GraphModule:
     """edgeforge's int8 quantizer with observed ranges on random calibration images, converted."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -101,7 +93,8 @@ def ptq_carrier(model: torch.nn.Module, shape: tuple[int, ...]) -> torch.fx.Grap
 
     calib = torch.randn(32, *shape, generator=torch.Generator().manual_seed(1))
     prepared = prepare_pt2e(export_for_training(copy.deepcopy(model).eval(), calib),
-                            Int8Quantizer(Int8Scheme(learn_activation_ranges=False)))
+                            Int8Quantizer(Int8Scheme(learn_activation_ranges=False,
+                                                     decompose_hardswish=decompose_hardswish)))
     with torch.no_grad():
         for i in range(0, len(calib), 8):
             prepared(calib[i : i + 8])
@@ -254,6 +247,75 @@ def ort_profile(path: Path, x: np.ndarray, runs: int) -> dict[str, float]:
     return {k: v / runs for k, v in per_op.most_common()}
 
 
+def litert_op_models(path: Path) -> list[tuple[str, bytes]]:
+    """(category, a .tflite holding only that operator) for each operator of the file, in graph order.
+
+    LiteRT's Python interpreter has no per-op profiler, so each operator is cut out into a model of
+    its own (its activation inputs become the model's inputs; weights, scales and fused activation
+    stay) and timed alone with the same XNNPACK delegate. The category names the kernel: op type,
+    kernel size for convolutions, and "SE" for ops inside a squeeze-excite module.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as s
+
+    model = s.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
+    sg = model.subgraphs[0]
+    const = {i for i, t in enumerate(sg.tensors) if t.buffer and model.buffers[t.buffer].data is not None}
+    op_names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
+    model.signatureDefs = []
+    out = []
+    for op in list(sg.operators):
+        oc = model.operatorCodes[op.opcodeIndex]
+        name = op_names.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "?")
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            shape = sg.tensors[op.inputs[1]].shape
+            name += f" {shape[1]}x{shape[2]}"
+        tensor = sg.tensors[op.outputs[0]].name
+        if b"SqueezeExcite" in (tensor if isinstance(tensor, bytes) else str(tensor).encode()):
+            name = "SE " + name
+        sg.operators = [op]
+        sg.inputs = [i for i in op.inputs if i >= 0 and i not in const]
+        sg.outputs = list(op.outputs)
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        out.append((name, bytes(builder.Output())))
+    return out
+
+
+def litert_op_times(path: Path, runs: int) -> tuple[dict[str, float], dict[str, int]]:
+    """(category -> CPU microseconds per run, summed over its ops; category -> op count), 1 thread.
+
+    Each single-op model's median thread-CPU time per invoke, minus the invoke overhead (the
+    median of the cheapest op model: a call that computes almost nothing), floored at 0.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    rng = np.random.default_rng(0)
+    per_op: list[tuple[str, float]] = []
+    for name, data in litert_op_models(path):
+        it = Interpreter(model_content=data, num_threads=1)
+        it.allocate_tensors()
+        for d in it.get_input_details():
+            info = np.iinfo(d["dtype"]) if d["dtype"] != np.float32 else None
+            x = (rng.integers(info.min, info.max + 1, d["shape"]) if info else rng.standard_normal(d["shape"]))
+            it.set_tensor(d["index"], x.astype(d["dtype"]))
+        samples = []
+        for i in range(runs + 20):
+            c0 = time.thread_time()
+            it.invoke()
+            if i >= 20:
+                samples.append((time.thread_time() - c0) * 1e6)
+        per_op.append((name, float(np.median(samples))))
+    overhead = min(us for _, us in per_op)
+    times: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    for name, us in per_op:
+        times[name] += max(0.0, us - overhead)
+        counts[name] += 1
+    times["(invoke overhead per op, subtracted)"] = overhead
+    return dict(times), dict(counts)
+
+
 def tflite_summary(info: dict[str, Any]) -> str:
     from edgeforge.exporters.tflite import describe_float_ops
 
@@ -309,6 +371,9 @@ def measure(model: torch.nn.Module, gm: torch.fx.GraphModule, row: Row, folder: 
             row.profile = {p: ort_profile(a.path, x, 200) for p, (a, _) in arts.items()}
     elif fmt == "tflite":
         row.unfused = tflite_summary(int8_art.info)
+        if args.profile:
+            for p, (a, _) in arts.items():
+                row.profile[p], row.op_counts[p] = litert_op_times(a.path, 200)
     else:
         row.unfused = executorch_summary(int8_art.info)
     return row
@@ -341,6 +406,26 @@ def _stats(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 90))
 
 
+def print_litert_profile(r: Row) -> None:
+    """Per-kernel CPU time of the fp32 and int8 LiteRT files, each op timed alone (see litert_op_times)."""
+    f, i = r.profile["fp32"], r.profile["int8"]
+    fc, ic = r.op_counts["fp32"], r.op_counts["int8"]
+    print(f"\nLiteRT per-op CPU time, {r.model} 3x{r.size}x{r.size}: each operator cut into a model of its own and "
+          "timed alone (XNNPACK, 1 thread, median of 200 invokes minus the invoke overhead), summed by kernel\n")
+    print("| kernel | ops fp32 / int8 | fp32 us | int8 us | int8 - fp32 us | int8/fp32 |\n|---|---|---|---|---|---|")
+    keys = sorted(set(f) | set(i), key=lambda k: -(i.get(k, 0.0) - f.get(k, 0.0)))
+    for k in keys:
+        a, b = f.get(k, 0.0), i.get(k, 0.0)
+        ratio = f"{b / a:.2f}x" if a > 0.05 else "–"
+        print(f"| {k} | {fc.get(k, 0)} / {ic.get(k, 0)} | {a:.1f} | {b:.1f} | {b - a:+.1f} | {ratio} |")
+    over = "(invoke overhead per op, subtracted)"
+    tf, ti = (sum(v for k, v in d.items() if k != over) for d in (f, i))
+    print(f"| **sum of the ops** | {sum(fc.values())} / {sum(ic.values())} | {tf:.1f} | {ti:.1f} | {ti - tf:+.1f} | "
+          f"{ti / tf:.2f}x |")
+    print(f"\nwhole model, CPU median: fp32 {1e3 * _stats(r.cpu_ms['fp32'])[0]:.1f} us, "
+          f"int8 {1e3 * _stats(r.cpu_ms['int8'])[0]:.1f} us")
+
+
 def print_table(rows: list[Row], args: argparse.Namespace, wall: float) -> None:
     print(f"\n{host_line()}\n{versions_line()}\n"
           f"batch 1, 1 thread; {args.warmup} warm-up runs, then {args.runs} timed runs per artifact in alternating "
@@ -357,7 +442,9 @@ def print_table(rows: list[Row], args: argparse.Namespace, wall: float) -> None:
         (f50, f90), (i50, i90) = _stats(r.ms["fp32"]), _stats(r.ms["int8"])
         cpu = _stats(r.cpu_ms["int8"])[0] / _stats(r.cpu_ms["fp32"])[0]
         print(f"{lead} {f50:.3f} ({f90:.3f}) | {i50:.3f} ({i90:.3f}) | {i50 / f50:.2f}x | **{cpu:.2f}x** | {r.unfused} |")
-    for r in (r for r in rows if r.profile):
+    for r in (r for r in rows if r.profile and r.fmt == "tflite"):
+        print_litert_profile(r)
+    for r in (r for r in rows if r.profile and r.fmt == "onnx"):
         print(f"\nonnxruntime profile, {r.model} 3x{r.size}x{r.size} (us per run by op type; the profiler adds "
               "its own overhead per node)\n")
         print("| precision | " + " | ".join(["total", "top op types"]) + " |\n|---|---|---|")
@@ -374,7 +461,10 @@ def main() -> None:
     ap.add_argument("--format", action="append", choices=sorted(TARGETS), help="default: onnx, tflite, executorch")
     ap.add_argument("--runs", type=int, default=400, help="timed runs per artifact")
     ap.add_argument("--warmup", type=int, default=50)
-    ap.add_argument("--profile", action="store_true", help="add onnxruntime's per-op-type profile")
+    ap.add_argument("--profile", action="store_true", help="add onnxruntime's per-op-type profile and LiteRT's per-op CPU times")
+    ap.add_argument("--hardswish", action="append", choices=["native", "decomposed"],
+                    help="int8 hardswish as one op (default) or as int8 ADD+RELU6, MUL, MUL (Int8Scheme."
+                         "decompose_hardswish); give both to compare")
     ap.add_argument("--keep", type=Path, help="write the artifacts here (default: a temporary folder)")
     ap.add_argument("--out", type=Path, help="also write the table here after every measurement")
     args = ap.parse_args()
@@ -384,18 +474,25 @@ def main() -> None:
         folder = args.keep or Path(tmp)
         for name in args.model or list(MODELS):
             for size in args.size or [64, 96]:
-                torch.manual_seed(0)
-                model = MODELS[name](3, 10).eval()
-                gm = ptq_carrier(model, (3, size, size))
-                for fmt in args.format or list(TARGETS):
-                    row = Row(name, size, sum(p.numel() for p in model.parameters()), fmt)
-                    rows.append(measure(model, gm, row, folder, args))
-                    print(f"measured {name} {size} {fmt}", file=sys.stderr, flush=True)
-                    if args.out:  # the table so far, so a long run on a busy host shows results early
-                        with contextlib.redirect_stdout(io.StringIO()) as buf:
-                            print_table(rows, args, time.perf_counter() - t0)
-                        args.out.write_text(buf.getvalue())
+                for hardswish in args.hardswish or ["native"]:
+                    measure_student(name, size, hardswish, rows, folder, args, t0)
     print_table(rows, args, time.perf_counter() - t0)
+
+
+def measure_student(name: str, size: int, hardswish: str, rows: list[Row], folder: Path, args: argparse.Namespace,
+                    t0: float) -> None:
+    torch.manual_seed(0)
+    model = MODELS[name](3, 10).eval()
+    gm = ptq_carrier(model, (3, size, size), decompose_hardswish=hardswish == "decomposed")
+    label = name if hardswish == "native" else f"{name}+hardswish-parts"
+    for fmt in args.format or list(TARGETS):
+        row = Row(label, size, sum(p.numel() for p in model.parameters()), fmt)
+        rows.append(measure(model, gm, row, folder, args))
+        print(f"measured {label} {size} {fmt}", file=sys.stderr, flush=True)
+        if args.out:  # the table so far, so a long run on a busy host shows results early
+            with contextlib.redirect_stdout(io.StringIO()) as buf:
+                print_table(rows, args, time.perf_counter() - t0)
+            args.out.write_text(buf.getvalue())
 
 
 if __name__ == "__main__":

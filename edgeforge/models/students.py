@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..registry import Registry
+from .families.efficientnet import efficientnet_lite
 from .families.mobilenet import mobilenet_v2, mobilenet_v3
 from .families.transformer import transformer
 
@@ -84,6 +85,7 @@ STUDENTS.add("separable", SeparableNet)
 STUDENTS.add("mobilenet_v3", mobilenet_v3)
 STUDENTS.add("mobilenet_v2", mobilenet_v2)
 STUDENTS.add("transformer", transformer)  # token inputs: see edgeforge.inputs.token_inputs
+STUDENTS.add("efficientnet_lite", efficientnet_lite)
 
 
 def count_parameters(model: nn.Module) -> int:

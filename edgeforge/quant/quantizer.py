@@ -41,6 +41,12 @@ class Int8Scheme:
     learn_activation_ranges: bool = True
     range_init: str = "minmax"  # minmax | histogram
     weight_bits: int = 8  # 4: weights on the grid [-7, 7], still stored in int8 tensors by every format
+    # hardswish as x * (relu6(x + 3) * 1/6), three int8 ops (ADD with RELU6, MUL, MUL). LiteRT 2.3's
+    # XNNPACK delegate takes no int8 HARD_SWISH (the builtin kernel runs it, ~7x the fp32 XNNPACK op,
+    # and splits the delegated graph around it) and onnxruntime's CPU EP has no int8 HardSwish
+    # (a float island); both have int8 kernels for the parts. Off by default: a native int8
+    # HARD_SWISH is one requantization instead of three, and other delegates (GPU, NPU) take it.
+    decompose_hardswish: bool = False
 
     @property
     def weight_qmax(self) -> int:
@@ -152,7 +158,7 @@ class Int8Quantizer(Quantizer):
         self.float_modules = float_modules
 
     def transform_for_annotation(self, model: GraphModule) -> GraphModule:
-        return decompose_for_int8(model)
+        return decompose_for_int8(model, hardswish=self.scheme.decompose_hardswish)
 
     def annotate(self, model: GraphModule) -> GraphModule:
         act = self.scheme.activation_spec()
@@ -273,31 +279,24 @@ def _unit_interval_spec() -> FixedQParamsQuantizationSpec:
                                         quant_max=127, qscheme=torch.per_tensor_affine)
 
 
-def decompose_for_int8(model: GraphModule) -> GraphModule:
+def decompose_for_int8(model: GraphModule, *, hardswish: bool = False) -> GraphModule:
     """Rewrite ops no format has one int8 kernel for into ops that each have one.
 
     hardsigmoid(x) -> relu6(x + 3) * (1/6) and silu(x) -> x * sigmoid(x): LiteRT lowers either as
     two float ops between one dequantize/quantize pair, which it then leaves float (the 9
     squeeze-excite gates of MobileNetV3-Small were 36 float ops). Annotated part by part, each part
-    gets its own int8 kernel (ADD with fused RELU6, MUL, LOGISTIC) in every format.
+    gets its own int8 kernel (ADD with fused RELU6, MUL, LOGISTIC) in every format. With
+    ``hardswish``, hardswish(x) -> x * (relu6(x + 3) * (1/6)) too (see ``Int8Scheme.decompose_hardswish``).
     """
+    names = {"hardsigmoid", "silu"} | ({"hardswish"} if hardswish else set())
     graph = model.graph
     changed = False
     for node in list(graph.nodes):
-        if node.op != "call_function" or family_of(node.target) is None:
+        family = family_of(node.target) if node.op == "call_function" else None
+        if family is None or family.name not in names:
             continue
-        name = family_of(node.target).name  # type: ignore[union-attr]
-        if name not in ("hardsigmoid", "silu"):
-            continue
-        x = node.args[0]
         with graph.inserting_before(node):
-            if name == "hardsigmoid":
-                shifted = _like(graph.call_function(aten.add.Tensor, (x, 3.0)), node, name)
-                clipped = _like(graph.call_function(aten.hardtanh.default, (shifted, 0.0, 6.0)), node, name)
-                out = _like(graph.call_function(aten.mul.Tensor, (clipped, 1.0 / 6.0)), node, name)
-            else:
-                gate = _like(graph.call_function(aten.sigmoid.default, (x,)), node, name)
-                out = _like(graph.call_function(aten.mul.Tensor, (x, gate)), node, name)
+            out = _int8_parts(graph, node, family.name)
         node.replace_all_uses_with(out)
         graph.erase_node(node)
         changed = True
@@ -305,6 +304,20 @@ def decompose_for_int8(model: GraphModule) -> GraphModule:
         graph.lint()
         model.recompile()
     return model
+
+
+def _int8_parts(graph: Any, node: Node, name: str) -> Node:
+    """The decomposition of ``node`` (hardsigmoid, silu or hardswish), inserted at the graph's cursor."""
+    x = node.args[0]
+    if name == "silu":
+        gate = _like(graph.call_function(aten.sigmoid.default, (x,)), node, name)
+        return _like(graph.call_function(aten.mul.Tensor, (x, gate)), node, name)
+    shifted = _like(graph.call_function(aten.add.Tensor, (x, 3.0)), node, name)
+    clipped = _like(graph.call_function(aten.hardtanh.default, (shifted, 0.0, 6.0)), node, name)
+    out = _like(graph.call_function(aten.mul.Tensor, (clipped, 1.0 / 6.0)), node, name)
+    if name == "hardswish":
+        out = _like(graph.call_function(aten.mul.Tensor, (x, out)), node, name)
+    return out
 
 
 def _like(new: Node, old: Node, origin: str) -> Node:
