@@ -136,22 +136,24 @@ def test_planted_scale_is_named(exported: dict[str, Any], fmt: str) -> None:
     assert '"first_divergent": "' + first.node + '"' in report.to_json()
 
 
-@pytest.mark.onnx
-def test_build_verdict_names_node_or_records_failure(exported: dict[str, Any], tmp_path: Path) -> None:
+PLANT = {"onnx": lambda src, dst: _plant_onnx(src, dst, PLANTED), "coreml": lambda src, dst: _plant_coreml(src, dst, 1)}
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f.values[0] in PLANT])
+def test_build_verdict_names_node_or_records_failure(exported: dict[str, Any], tmp_path: Path, fmt: str) -> None:
     """What validate stores in the manifest: the node from the saved carrier file, or why the report failed."""
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip(NEEDS[fmt])
     from edgeforge.quant.qat import save_carrier
 
     carrier_file = tmp_path / "student_qat.pt2"
     save_carrier(exported["carrier"].quantized, exported["carrier"].example(2), str(carrier_file))
-    art = tmp_path / "model.onnx"
-    _plant_onnx(_export(exported, "onnx"), art, PLANTED)
-    verdict = first_divergent(carrier_file, art, _profile("onnx"), exported["x"])
+    art = tmp_path / f"model{SUFFIX[fmt]}"
+    PLANT[fmt](_export(exported, fmt), art)
+    verdict = first_divergent(carrier_file, art, _profile(fmt), exported["x"])
     assert (verdict.module, verdict.op) == (PLANTED, "conv2d+relu") and "LSB" in verdict.metric
-    clean = tmp_path / "clean.onnx"
-    shutil.copyfile(_export(exported, "onnx"), clean)
-    assert first_divergent(carrier_file, clean, _profile("onnx"), exported["x"]).node is None
-    failed = first_divergent(tmp_path / "missing.pt2", art, _profile("onnx"), exported["x"])
+    clean = _export(exported, fmt)
+    assert first_divergent(carrier_file, clean, _profile(fmt), exported["x"]).node is None
+    failed = first_divergent(tmp_path / "missing.pt2", art, _profile(fmt), exported["x"])
     assert failed.node is None and failed.metric.startswith("layer report failed: ")
 
 
