@@ -65,7 +65,8 @@ class Check(Record):
 
 @dataclass
 class FirstDivergent:
-    """The layer report's verdict (``edgeforge debug``), run in the build for an int8 target over its drift gate.
+    """The layer report's verdict (``edgeforge debug``), run in the build for an int8 target over its drift,
+    agreement or logit-LSB gate.
 
     ``node`` is the carrier's first quantized node whose artifact tensor diverges (None when none does
     or the report failed); ``metric`` says by how much, "no node diverges", or "layer report failed: ...".
@@ -98,7 +99,7 @@ class Metrics:
     latency: Latency | None = None
     latency_note: str | None = None
     host_latency: Latency | None = None
-    first_divergent: FirstDivergent | None = None  # only for an int8 target whose drift exceeded its gate
+    first_divergent: FirstDivergent | None = None  # only for an int8 target over its drift/agreement/logit-LSB gate
     # |logit - reference logit| in steps of the carrier's int8 output: per input its largest over the classes,
     # then the 99th percentile and the max over the test split; None (with the note) for a float output
     logit_lsb_p99: float | None = None

@@ -132,6 +132,8 @@ def test_planted_scale_is_named(exported: dict[str, Any], fmt: str) -> None:
     first = report.first_divergent
     assert first is not None and first.module == PLANTED, report.to_text()
     assert [r.diverged for r in report.rows[:2]] == [False, False]
+    if fmt == "coreml":  # each layer is fed the carrier's inputs: only the planted one is off
+        assert [r.diverged for r in report.rows] == [False, False, True, False, False, False], report.to_text()
     assert f"first divergent node: {first.node} ({PLANTED}, conv2d+relu)" in report.to_text()
     assert '"first_divergent": "' + first.node + '"' in report.to_json()
 

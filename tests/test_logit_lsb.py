@@ -140,3 +140,23 @@ def test_output_step_is_the_carriers_output_scale(tmp_path: Path) -> None:
     assert step == pytest.approx(STEP)
     assert target_step(int8, files[False]) == (None, "not applicable: the carrier's output is float (no output quantize op)")
     assert target_step(fp32, files[True])[0] is None
+
+
+def test_layer_report_runs_in_the_build_when_logits_are_off_even_at_equal_accuracy(tmp_path: Path) -> None:
+    """drift 0 and agreement 1 but logits 12 LSB off: the build asks the layer report (here: no carrier file)."""
+    from types import SimpleNamespace
+
+    from edgeforge.debug.in_build import over_gate, verdict_over_gate
+    from edgeforge.targets import TargetProfile
+
+    ref = _reference()
+    exact, off = _metrics(ref.copy(), ref), _metrics(ref + 12 * STEP, ref)
+    assert (off.drift_points, off.agreement) == (0.0, 1.0)
+    assert not over_gate(DEFAULT_GATE, exact) and over_gate(DEFAULT_GATE, off)
+    target = TargetProfile.model_validate({"name": "t8", "format": "onnx", "precision": "int8"})
+    test = SimpleNamespace(head=lambda n: torch.zeros(n, 1, 8, 8))
+    plan: Any = SimpleNamespace(gates={"t8": DEFAULT_GATE}, data=SimpleNamespace(test=test),
+                                lc=SimpleNamespace(output_dir=tmp_path))
+    assert verdict_over_gate(plan, target, tmp_path / "model.onnx", exact) is None
+    verdict = verdict_over_gate(plan, target, tmp_path / "model.onnx", off)
+    assert verdict is not None and verdict.metric.startswith("layer report failed: ")

@@ -7,7 +7,7 @@ the device's exact accumulation order is not reproduced, hence the fp16 toleranc
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +87,19 @@ class ReferenceInterpreter:
         """A constant of the program (a const op, or a constexpr op over constants) by its output name."""
         return self._consts[name]
 
-    def run(self, inputs: dict[str, np.ndarray] | np.ndarray, keep: Collection[str] = ()) -> dict[str, np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray] | np.ndarray, keep: Collection[str] = (),
+            replace: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The program's outputs, plus the intermediate values named in ``keep`` (MIL op output names).
 
         Reading an intermediate changes nothing in how the program runs (unlike a runtime that fuses
-        around its outputs), so these are the very values the outputs were computed from.
+        around its outputs), so these are the very values the outputs were computed from. ``replace``
+        feeds the ops after a value other numbers (the layer report feeds each layer the reference's
+        inputs); a kept value is still the one the program computed.
         """
         if not isinstance(inputs, dict):
             inputs = {self.input_name: inputs}
-        unknown = sorted(set(keep) - self._produced)
+        replace = replace or {}
+        unknown = sorted((set(keep) | set(replace)) - self._produced)
         if unknown:
             raise InterpreterError(f"no op of this program outputs {', '.join(unknown)}")
         env = dict(self._consts)
@@ -104,9 +108,13 @@ class ReferenceInterpreter:
                 raise InterpreterError(f"input '{name}' is missing (program inputs: "
                                        f"{', '.join(n for n, _ in self.program.inputs)})")
             env[name] = np.asarray(inputs[name]).astype(tt.np_dtype, copy=False)
+        computed: dict[str, np.ndarray] = {}
         for op in self._ops:
             self._store(op, self._execute(op, env), env)
-        return {name: env[name] for name in (*self.program.outputs, *keep)}
+            for name in (n for n, _ in op.outputs if n in replace):
+                computed[name] = env[name]
+                env[name] = np.asarray(replace[name]).astype(env[name].dtype)
+        return {name: computed.get(name, env[name]) for name in (*self.program.outputs, *keep)}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """First output for a single input, as float32."""

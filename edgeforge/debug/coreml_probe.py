@@ -2,7 +2,11 @@
 
 Core ML has no Linux runtime; the numpy reference interpreter (``edgeforge.coreml``) is what a
 Core ML artifact is validated with here, so the probe reads the int8 codes of each MIL
-``quantize`` op from the same interpreter, on the same run that makes the logits.
+``quantize`` op from that interpreter. Each layer is fed the carrier's codes for its inputs (the
+interpreter's ``replace``), so a row measures that layer alone: the program runs fp16 between ops,
+and its 1-LSB rounding flips compound with depth (on the Fashion-MNIST student, fed its own values,
+the 20th layer had 25% of values > 1 LSB off at SQNR 26 dB; fed the carrier's, every layer was
+within 1 LSB), which would otherwise name a layer that is not wrong.
 
 Which MIL op holds a carrier node comes from coremltools' own op mapping
 (``convert_and_retrieve_op_mapping``: the carrier is converted again as the exporter converts it, and
@@ -141,23 +145,34 @@ def _tensor(interp: ReferenceInterpreter, program: Program, output: str, node: Q
     return Tensor(op.name, output, node.scale, zero_point)
 
 
-def _read(interp: ReferenceInterpreter, target: TargetProfile, pairs: dict[str, Tensor],
-          x: np.ndarray) -> dict[str, np.ndarray]:
+def _carrier_codes(ref: np.ndarray, t: Tensor, shape: tuple[int | None, ...] | None) -> np.ndarray:
+    """The carrier's tensor as this quantize op's codes (its zero point, in the program's shape)."""
+    codes = np.rint(ref / t.scale) + t.zero_point
+    return codes.reshape([int(d) if d is not None else -1 for d in shape]) if shape else codes
+
+
+def _read(interp: ReferenceInterpreter, target: TargetProfile, pairs: dict[str, Tensor], x: np.ndarray,
+          ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each paired quantize op's output, every layer fed the carrier's codes (``replace``): a layer's error
+    is its own, not what fp16 rounding accumulated upstream (Core ML's fp16 between ops adds 1-LSB
+    flips that compound with depth: 25% of values > 1 LSB by the 20th layer of the Fashion-MNIST student)."""
     from ..runtimes.coreml import _to_pixels
 
     batch = interp.input_type.shape[0] if interp.input_type.shape else None
+    shapes = {name: tt.shape for op in interp.program.ops for name, tt in op.outputs}
     keep = [str(t.key) for t in pairs.values()]
     got: dict[str, list[np.ndarray]] = {n: [] for n in pairs}
-    for chunk, n in fixed_batches(x, batch):
+    for (chunk, n), (rows, _) in zip(fixed_batches(x, batch), fixed_batches(np.arange(len(x)), batch), strict=True):
         feed = _to_pixels(chunk, target) if target.coreml.input_type == "image" else chunk
-        env = interp.run(np.ascontiguousarray(feed, dtype=np.float32), keep=keep)
+        forced = {str(t.key): _carrier_codes(ref[name][rows], t, shapes.get(str(t.key))) for name, t in pairs.items()}
+        env = interp.run(np.ascontiguousarray(feed, dtype=np.float32), keep=keep, replace=forced)
         for name, t in pairs.items():
             got[name].append((env[str(t.key)][:n].astype(np.float64) - t.zero_point) * t.scale)
     return {k: np.concatenate(v) for k, v in got.items()}
 
 
 def probe_coreml(path: Path, target: TargetProfile, carrier: torch.fx.GraphModule, nodes: list[QuantNode],
-                 x: np.ndarray) -> ProbeResult:
+                 x: np.ndarray, ref: dict[str, np.ndarray]) -> ProbeResult:
     from ..coreml import ReferenceInterpreter
 
     interp = ReferenceInterpreter(path)
@@ -170,7 +185,8 @@ def probe_coreml(path: Path, target: TargetProfile, carrier: torch.fx.GraphModul
         raise EdgeforgeError(f"{path.name}: no quantize op of the program maps to a quantized node of the carrier")
     by_name = {n.name: n for n in nodes}
     tensors = {node: _tensor(interp, program, out, by_name[node]) for node, out in pairs.items()}
-    values = _read(interp, target, tensors, np.asarray(x, dtype=np.float32))
+    values = _read(interp, target, tensors, np.asarray(x, dtype=np.float32), ref)
     kernels = ("edgeforge reference interpreter (numpy, fp16 between ops as the program declares), the runtime "
-               "Core ML artifacts are validated with on Linux; not Core ML itself (its accumulation order differs)")
+               "Core ML artifacts are validated with on Linux, not Core ML itself; each layer fed the carrier's "
+               "int8 inputs, so a row is that layer's own error")
     return ProbeResult(values, {n: t.name for n, t in tensors.items()}, kernels)

@@ -11,6 +11,7 @@ import numpy as np
 from ..records import FirstDivergent, Metrics
 
 if TYPE_CHECKING:
+    from ..gate_spec import GateSpec
     from ..plan import Plan
     from ..targets import TargetProfile
 
@@ -18,12 +19,20 @@ SAMPLES = 32  # test inputs the build's report compares on (the first of the tes
 
 
 def verdict_over_gate(plan: Plan, target: TargetProfile, artifact: Path, metrics: Metrics) -> FirstDivergent | None:
-    """For an int8 target whose drift exceeds its gate, the layer report's verdict; else None."""
-    limit = plan.gates[target.name].max_drift_points
-    if target.precision != "int8" or limit is None or abs(metrics.drift_points) <= limit:
+    """For an int8 target over its drift, agreement or logit-LSB gate, the layer report's verdict; else None."""
+    if target.precision != "int8" or not over_gate(plan.gates[target.name], metrics):
         return None
     x = plan.data.test.head(SAMPLES).numpy()
     return first_divergent(plan.lc.output_dir / "student_qat.pt2", artifact, target, x)
+
+
+def over_gate(gate: GateSpec, m: Metrics) -> bool:
+    """Whether the numbers disagree with the reference beyond the gate (equal accuracy can hide it: agreement
+    and logit LSBs count too)."""
+    drift = gate.max_drift_points is not None and abs(m.drift_points) > gate.max_drift_points
+    agreement = gate.min_agreement is not None and m.agreement < gate.min_agreement
+    lsb = gate.max_logit_lsb is not None and m.logit_lsb_p99 is not None and m.logit_lsb_p99 > gate.max_logit_lsb
+    return drift or agreement or lsb
 
 
 def first_divergent(carrier_file: Path, artifact: Path, target: TargetProfile, x: np.ndarray) -> FirstDivergent:

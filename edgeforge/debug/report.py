@@ -174,7 +174,7 @@ def _probe(fmt: str, path: Path, target: TargetProfile, carrier: torch.fx.GraphM
     if fmt == "coreml":
         from .coreml_probe import probe_coreml
 
-        return probe_coreml(path, target, carrier, nodes, x)
+        return probe_coreml(path, target, carrier, nodes, x, ref)
     raise NotProbed(f"{fmt}: not probed: the layer report reads onnx, tflite and coreml artifacts")
 
 
