@@ -46,6 +46,9 @@ class StudentConfig(Strict):
     width: PositiveInt = 16
     depth: PositiveInt = 2
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    embedding_from_teacher: str | None = Field(
+        None, description="a teacher nn.Embedding (module name) whose table, projected to the student's width by "
+                          "PCA, initialises a transformer student's token embedding (same tokenizer)")
 
     @model_validator(mode="after")
     def _one_source(self) -> StudentConfig:
@@ -70,8 +73,18 @@ class AugmentConfig(Strict):
     crop_padding: NonNegativeInt = Field(0, description="pad by this many pixels (zeros), then crop back at random")
 
 
+class TextConfig(Strict):
+    """Documents tokenized at load time with a local tokenizer file (Hugging Face ``tokenizers`` JSON)."""
+
+    tokenizer: str = Field(description="path to a tokenizer.json")
+    max_length: PositiveInt = Field(128, description="tokens per document: longer ones are truncated, shorter padded")
+    text_key: str = "text"
+    label_key: str = "label"
+    input_dtype: Literal["int32", "int64"] = "int64"
+
+
 class DataConfig(Strict):
-    kind: Literal["npz", "npy", "image_folder", "factory"] = "npz"
+    kind: Literal["npz", "npy", "image_folder", "factory", "text"] = "npz"
     train: str
     val: str
     test: str
@@ -88,6 +101,7 @@ class DataConfig(Strict):
                                             "of loading every split into memory")
     workers: NonNegativeInt = Field(0, description="DataLoader worker processes reading streamed batches")
     augment: AugmentConfig | None = None
+    text: TextConfig | None = Field(None, description="kind text: JSON-lines splits and the tokenizer")
     teacher_cache: str | None = Field(None, description="folder for cached teacher outputs (default: "
                                                         "$EDGEFORGE_CACHE_DIR or ~/.cache/edgeforge)")
     calibration: str | CalibrationConfig = Field(default_factory=CalibrationConfig)
@@ -100,6 +114,10 @@ class DataConfig(Strict):
             raise ValueError("kind 'image_folder' needs image_size: [height, width]")
         if self.workers and not self.stream:
             raise ValueError("workers read streamed batches: set stream: true, or drop workers")
+        if self.kind == "text" and self.text is None:
+            raise ValueError("kind 'text' needs text: {tokenizer: path/to/tokenizer.json, max_length: 128}")
+        if self.kind == "text" and (self.stream or self.augment is not None):
+            raise ValueError("text data is tokenized into memory: drop stream and augment")
         return self
 
     @property
@@ -339,7 +357,10 @@ def check_factory_keywords(lc: LoadedConfig) -> None:
     taken = sorted({"in_channels", "num_classes", "width", "depth"} & set(s.kwargs))
     if taken:
         raise ConfigError(f"student.kwargs: {', '.join(taken)} is set by edgeforge; use student.width / student.depth")
-    _check_keywords(builder, f"student family '{s.family}'", "student.kwargs", (1, 1), {"width": 1, "depth": 1, **s.kwargs})
+    # a transformer's vocab_size and max_len come from the text data's tokenizer when not given
+    filled = {"vocab_size": 2, "max_len": 1} if s.family == "transformer" and lc.config.data.kind == "text" else {}
+    _check_keywords(builder, f"student family '{s.family}'", "student.kwargs", (1, 1),
+                    {"width": 1, "depth": 1, **filled, **s.kwargs})
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, source: Path) -> None:

@@ -11,6 +11,7 @@ from torch import nn
 
 from .config import DistillConfig, HintConfig
 from .data import DataBundle
+from .data.batch import Inputs, call
 from .devices import on_device
 from .errors import ConfigError
 from .training import TrainContext, TrainResult, fit, kd_loss, make_optimizer, teacher_logits
@@ -66,8 +67,8 @@ class _WithAdapters(nn.Module):
         self.student = student
         self.adapters = adapters
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student(x)
+    def forward(self, *x: torch.Tensor) -> torch.Tensor:
+        return self.student(*x)
 
 
 @dataclass
@@ -90,9 +91,9 @@ def distill(teacher: nn.Module, student: nn.Module, data: DataBundle, cfg: Disti
     if hints:
         with torch.no_grad():
             probe = data.train.head(2)
-            teacher(probe)
+            call(teacher, probe)
             student.eval()
-            student(probe)
+            call(student, probe)
         for h in hints:
             adapters.append(HintAdapter(s_tap.outputs[h.student], t_tap.outputs[h.teacher]))  # type: ignore[union-attr]
 
@@ -111,13 +112,13 @@ def _train(teacher: nn.Module, student: nn.Module, adapters: nn.ModuleList, taps
     # Feature hints need the teacher's intermediate features per batch, so they bypass the cache.
     cache = None if (augmented or hints) else teacher_logits(teacher, data.train, ctx)
 
-    def step_loss(idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def step_loss(idx: torch.Tensor, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         if cache is not None:
-            t_logits = cache[idx].to(x.device)
+            t_logits = cache[idx].to(y.device)
         else:
             with torch.no_grad():
-                t_logits = teacher(x)
-        s_logits = net(x)
+                t_logits = call(teacher, x)
+        s_logits = call(net, x)
         loss = kd_loss(s_logits, t_logits, y, cfg.temperature, cfg.alpha)
         for h, adapter in zip(hints, adapters, strict=True):
             s_f = adapter(s_tap.outputs[h.student])  # type: ignore[union-attr]

@@ -74,6 +74,8 @@ def make_manifest(plan: Plan, engine: Engine, outcomes: dict[str, Outcome[Any]],
         config={"path": str(lc.path), "sha256": lc.digest(), "file_sha256": sha256_file(lc.path),
                 "resolved": cfg.model_dump(mode="json")},
         data={"sha256": data.digest(), "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+              "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype, "vocab_size": i.vocab_size}
+                         for i in data.inputs],
               "class_names": data.class_names, "code_sha256": plan.data_code,
               "splits": {s.name: {"samples": len(s), "sha256": s.digest()} for s in (data.train, data.val, data.test)}},
         seed={"distill": cfg.distill.seed, "qat": cfg.qat.seed},

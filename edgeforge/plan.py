@@ -30,7 +30,7 @@ from .factories import add_search_paths
 from .fingerprint import code_digest
 from .gate_spec import DEFAULT_GATE, GateSpec
 from .metrics import Metric, resolve_metric
-from .models.loading import build_student, check_outputs, load_teacher
+from .models.loading import build_student, check_outputs, embedding_from_teacher, load_teacher, token_defaults
 from .targets import TargetProfile, resolve
 from .training import TrainContext
 
@@ -63,7 +63,7 @@ class Plan:
     def make_carrier(self, student: nn.Module, quantized: torch.fx.GraphModule | None) -> Carrier:
         d = self.data
         return Carrier(student, quantized, d.input_shape, d.num_classes, d.class_names,
-                       self.calibration_split.x, name=self.lc.config.name)
+                       self.calibration_split.x, name=self.lc.config.name, inputs=d.inputs)
 
     @cached_property
     def calibration_split(self) -> Split:
@@ -182,7 +182,9 @@ def plan_build(lc: LoadedConfig, target_names: list[str] | None = None) -> Plan:
     example = data.train.head(2)
     check_outputs(teacher, example, data.num_classes, "teacher")
     torch.manual_seed(cfg.distill.seed)  # the student's initial weights are part of the build's identity
-    student = build_student(lc, data.input_shape[0], data.num_classes)
+    student = build_student(lc, data.input_shape[0], data.num_classes, token_defaults(data.inputs))
+    if cfg.student.embedding_from_teacher:
+        embedding_from_teacher(student, teacher, cfg.student.embedding_from_teacher)
     student.eval()
     check_outputs(student, example, data.num_classes, "student")
     if cfg.qat.float_modules:  # a misspelt layer would only be found after distillation

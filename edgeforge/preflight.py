@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .carrier import Carrier
+from .data.batch import Inputs, call, count, to_numpy
 from .errors import EdgeforgeError, RuntimeUnavailable, unexpected
 from .exporters import get_exporter
 from .runtimes import get_runtime
@@ -79,13 +80,13 @@ def untrained_carrier(plan: Plan) -> Carrier:
     gm = export_for_training(student, head)
     prepared = prepare_pt2e(gm, Int8Quantizer(Int8Scheme(learn_activation_ranges=False)))
     with torch.no_grad():
-        prepared(head)
+        call(prepared, head)
     converted = convert_pt2e(prepared)
     return Carrier(student, converted, plan.data.input_shape, plan.data.num_classes, plan.data.class_names,
-                   head, name=plan.lc.config.name)
+                   head, name=plan.lc.config.name, inputs=plan.data.inputs)
 
 
-def check_target(carrier: Carrier, target: TargetProfile, folder: Path, sample: torch.Tensor) -> TargetCheck:
+def check_target(carrier: Carrier, target: TargetProfile, folder: Path, sample: Inputs) -> TargetCheck:
     """Export, apply the format's own artifact rules, and run the file where this host can.
 
     "Cannot convert" fails the target; "cannot validate on this host" (no runtime, an op without a
@@ -112,15 +113,15 @@ def check_target(carrier: Carrier, target: TargetProfile, folder: Path, sample: 
     runtime = get_runtime(target.format, target.runtime.engine)
     try:
         session = runtime.open(path, target)
-        out = session.run_all(sample.numpy())
+        out = session.run_all(to_numpy(sample))
     except RuntimeUnavailable as exc:
         warnings.append(f"will be unvalidated on this host: {exc}")
         return done(True, "ok")
     except Exception as exc:
         return done(False, f"target {target.name}: {runtime.name} cannot run the artifact: {unexpected(exc)}")
-    if out.shape != (len(sample), carrier.num_classes):
+    if out.shape != (count(sample), carrier.num_classes):
         return done(False, f"target {target.name}: the artifact returns shape {out.shape}, "
-                           f"expected ({len(sample)}, {carrier.num_classes})")
+                           f"expected ({count(sample)}, {carrier.num_classes})")
     return done(True, "ok")
 
 

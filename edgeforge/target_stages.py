@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .data.batch import to_numpy
 from .debug.in_build import output_step, verdict_over_gate
 from .engine import Stage
 from .errors import RuntimeUnavailable
@@ -128,7 +129,7 @@ class ValidateStage(Stage[dict[str, Any]]):
     def _latency(self, session: Any, exported: Exported, metrics: Metrics) -> str | None:
         v, t = self.plan.lc.config.validation, self.target
         if session.measures_latency:
-            metrics.latency = measure_latency(session, self.plan.data.test.head(1).numpy(), warmup=v.warmup, runs=v.runs,
+            metrics.latency = measure_latency(session, to_numpy(self.plan.data.test.head(1)), warmup=v.warmup, runs=v.runs,
                                               threads=t.runtime.threads, measured_on="host")
         else:
             metrics.latency_note = session.latency_note

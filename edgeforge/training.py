@@ -16,6 +16,7 @@ from torch import nn
 from .config import AugmentConfig
 from .data import SplitBase
 from .data.augment import augment_batch
+from .data.batch import Inputs, call, count, rows, to_device
 from .devices import Compute
 from .distributed import Ranks
 from .errors import EdgeforgeError
@@ -43,14 +44,16 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, l
 
 
 @torch.no_grad()
-def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256,
+def predict(model: Callable[..., torch.Tensor], x: Inputs, batch_size: int = 256,
             compute: Compute | None = None) -> torch.Tensor:
     """Logits of ``x`` (CPU, fp32); with ``compute``, batches run on its device under its autocast."""
+    n = count(x)
     if compute is None:
-        outs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        outs = [call(model, rows(x, slice(i, i + batch_size))) for i in range(0, n, batch_size)]
         return torch.cat(outs).float()
     with compute.autocast():
-        outs = [model(x[i : i + batch_size].to(compute.device)).float().cpu() for i in range(0, len(x), batch_size)]
+        outs = [call(model, to_device(rows(x, slice(i, i + batch_size)), compute.device)).float().cpu()
+                for i in range(0, n, batch_size)]
     return torch.cat(outs)
 
 
@@ -158,7 +161,7 @@ class _LossNotFinite(Exception):
         self.value = value
 
 
-StepLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+StepLoss = Callable[[torch.Tensor, Inputs, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -195,10 +198,10 @@ def _one_epoch(train: SplitBase, step_loss: StepLoss, optimizer: torch.optim.Opt
     chunks, seeds = epoch_plan(len(train), batch_size, g, ctx.ranks, ctx.augment)
     for i, (idx, x, y) in enumerate(train.load(chunks, ctx.workers)):
         progress.tick(i, len(chunks))
-        if ctx.augment is not None:
+        if ctx.augment is not None and isinstance(x, torch.Tensor):  # images only: the plan refuses it for tokens
             x = augment_batch(x, ctx.augment, seeds[i])
         with ctx.compute.autocast():
-            loss = step_loss(idx, x.to(dev), y.to(dev))
+            loss = step_loss(idx, to_device(x, dev), y.to(dev))
         finite = bool(torch.isfinite(loss))
         if not ctx.ranks.all_true(finite):  # decided together: one rank's NaN stops every rank
             raise _LossNotFinite(loss.item() if not finite else float("nan"))

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .data.batch import to_numpy
+from .inputs import as_arrays
 from .metrics import Metric, per_class_recall, scores
 from .records import Latency, Metrics
 from .runtimes.base import Session
 
 if TYPE_CHECKING:
     from .data import SplitBase
+    from .inputs import Batch
 
 
 @dataclass
@@ -35,14 +38,15 @@ class Scores:
 
 def run_split(session: Session, split: SplitBase, batch_size: int, workers: int = 0) -> np.ndarray:
     """The session's outputs over a whole split, read a batch at a time (streamed splits stay on disk)."""
-    outs = [session.run_all(x.numpy(), batch_size) for x, _ in split.batches(batch_size * 8, workers=workers)]
+    outs = [session.run_all(to_numpy(x), batch_size) for x, _ in split.batches(batch_size * 8, workers=workers)]
     return np.concatenate(outs).astype(np.float32)
 
 
-def measure_latency(session: Session, sample: np.ndarray, *, warmup: int, runs: int, threads: int,
+def measure_latency(session: Session, sample: Batch, *, warmup: int, runs: int, threads: int,
                     measured_on: str) -> Latency:
     """Batch-1 latency after warm-up (the first runs pay for allocation and kernel selection)."""
-    x = np.ascontiguousarray(sample[:1], dtype=np.float32)
+    first = [np.ascontiguousarray(a[:1], dtype=np.float32 if a.dtype.kind == "f" else a.dtype) for a in as_arrays(sample)]
+    x: Batch = first[0] if len(first) == 1 else tuple(first)
     for _ in range(warmup):
         session.run(x)
     times = np.empty(runs)

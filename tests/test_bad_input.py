@@ -162,7 +162,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-target", {"targets": ["pixel-99"]}, "unknown target 'pixel-99'"),
     ("target-bad-field", {"targets": ["bad-field"]}, "bad-field.yaml: runtime.threads"),
     ("target-name-mismatch", {"targets": ["renamed"]}, "name 'other-name' differs from the file name"),
-    ("target-layout-unsupported", {"targets": ["onnx-nhwc"]}, "the ONNX exporter writes NCHW float32 inputs"),
+    ("target-layout-unsupported", {"targets": ["onnx-nhwc"]}, "the ONNX exporter writes NCHW float32 (and integer token) inputs; set input.layout: NCHW"),
     ("target-format-unknown", {"targets": ["weird"]}, "weird.yaml: format"),
     # labels, dtypes and value ranges, checked before anything is sized by them
     ("huge-label-no-class-names", {"data.train": "@hugelab_npz"}, "data.train: label 1099511627776 but only 16 training samples"),

@@ -93,3 +93,34 @@ class OutlierStudent(nn.Module):
 
 def outlier_student(num_classes: int = 4) -> nn.Module:
     return OutlierStudent(num_classes=num_classes)
+
+
+class TextTeacher(nn.Module):
+    """A bag-of-words text classifier: token embedding, mean over the unmasked tokens, a linear head."""
+
+    def __init__(self, vocab_size: int, num_classes: int = 4, width: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        m = attention_mask.to(torch.float32).unsqueeze(-1)
+        pooled = (self.embed(input_ids) * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return self.head(pooled)
+
+
+def text_teacher(vocab_size: int = 64, num_classes: int = 4) -> nn.Module:
+    return TextTeacher(vocab_size, num_classes)
+
+
+def make_documents(n: int, seed: int, num_classes: int = 4, words: int = 40) -> list[tuple[str, int]]:
+    """Class k's documents hold its keyword ``key{k}`` a few times among random filler words."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in range(n):
+        k = i % num_classes
+        body = [f"w{j}" for j in rng.integers(0, words, rng.integers(4, 14))]
+        for _ in range(rng.integers(1, 3)):
+            body.insert(int(rng.integers(0, len(body) + 1)), f"key{k}")
+        docs.append((" ".join(body), k))
+    return docs

@@ -9,8 +9,10 @@ import torch
 
 from ..config import CalibrationConfig, LoadedConfig
 from ..errors import DataError
+from ..inputs import InputSpec, image_inputs
 from .sources import load_factory, load_image_folder, load_npy, load_npz
 from .splits import Split, SplitBase
+from .text import load_text, load_tokenizer, text_signature
 
 SPLITS = ("train", "val", "test")
 
@@ -23,10 +25,15 @@ class DataBundle:
     num_classes: int
     class_names: list[str]
     workers: int = 0  # DataLoader workers for streamed splits
+    signature: tuple[InputSpec, ...] = ()  # named, typed model inputs; empty: one float image input
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.train.input_shape
+
+    @property
+    def inputs(self) -> tuple[InputSpec, ...]:
+        return self.signature or image_inputs(self.input_shape)
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -39,8 +46,13 @@ def load_data(lc: LoadedConfig) -> DataBundle:
     cfg = lc.config.data
     splits: dict[str, SplitBase] = {}
     classes = cfg.class_names
+    signature: tuple[InputSpec, ...] = ()
+    tokenizer = load_tokenizer(lc.resolve(cfg.text.tokenizer)) if cfg.text is not None else None
     for name in SPLITS:
-        if cfg.kind == "npz":
+        if cfg.kind == "text" and cfg.text is not None:
+            splits[name] = load_text(name, lc.resolve(getattr(cfg, name)), cfg.text, tokenizer)
+            signature = text_signature(cfg.text, tokenizer)
+        elif cfg.kind == "npz":
             splits[name] = load_npz(name, lc.resolve(getattr(cfg, name)), cfg)
         elif cfg.kind == "npy":
             splits[name] = load_npy(name, lc.resolve(getattr(cfg, name)), cfg)
@@ -54,7 +66,7 @@ def load_data(lc: LoadedConfig) -> DataBundle:
             raise DataError(f"data.{s.name}: input shape {s.input_shape} differs from train's {shape}")
     num_classes = _num_classes(splits, classes)
     names = list(classes) if classes else [str(i) for i in range(num_classes)]
-    return DataBundle(splits["train"], splits["val"], splits["test"], num_classes, names, cfg.workers)
+    return DataBundle(splits["train"], splits["val"], splits["test"], num_classes, names, cfg.workers, signature)
 
 
 def _num_classes(splits: dict[str, SplitBase], classes: list[str] | None) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .batch import Inputs, as_tuple, hash_into, rows
 
 Rows = slice | torch.Tensor | None
 
@@ -33,25 +34,26 @@ class SplitBase(ABC):
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.head(1).shape[1:])
+        """The first input's shape without the batch dimension."""
+        return tuple(as_tuple(self.head(1))[0].shape[1:])
 
     @abstractmethod
-    def take(self, idx: torch.Tensor) -> torch.Tensor:
+    def take(self, idx: torch.Tensor) -> Inputs:
         """The inputs of rows ``idx`` (in that order)."""
 
     @abstractmethod
     def load(self, index_batches: Sequence[torch.Tensor], workers: int = 0
-             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+             ) -> Iterator[tuple[torch.Tensor, Inputs, torch.Tensor]]:
         """(indices, inputs, labels) for each batch of indices, in order."""
 
     @abstractmethod
     def digest(self) -> str: ...
 
-    def head(self, n: int) -> torch.Tensor:
+    def head(self, n: int) -> Inputs:
         return self.take(torch.arange(min(n, len(self))))
 
     def batches(self, batch_size: int, rows: Rows = None, workers: int = 0
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                ) -> Iterator[tuple[Inputs, torch.Tensor]]:
         """(inputs, labels) of ``rows`` (default: all) in order, ``batch_size`` at a time."""
         idx = _rows(rows, len(self))
         chunks = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
@@ -74,24 +76,27 @@ def _rows(rows: Rows, n: int) -> torch.Tensor:
 @dataclass
 class Split(SplitBase):
     name: str
-    x: torch.Tensor  # float32, N x C x H x W
+    x: Inputs  # float32 N x C x H x W, or a tuple of inputs (token ids, mask) in the model's order
     y: torch.Tensor  # int64, N
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
+        return tuple(as_tuple(self.x)[0].shape[1:])
 
-    def take(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.x[idx]
+    def take(self, idx: torch.Tensor) -> Inputs:
+        return rows(self.x, idx)
 
     def load(self, index_batches: Sequence[torch.Tensor], workers: int = 0
-             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+             ) -> Iterator[tuple[torch.Tensor, Inputs, torch.Tensor]]:
         for idx in index_batches:
-            yield idx, self.x[idx], self.y[idx]
+            yield idx, rows(self.x, idx), self.y[idx]
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        h.update(self.x.numpy().tobytes())
+        if isinstance(self.x, tuple):
+            hash_into(h, self.x)
+        else:
+            h.update(self.x.numpy().tobytes())  # as before named inputs: image builds keep their cache keys
         h.update(self.y.numpy().tobytes())
         return h.hexdigest()
 

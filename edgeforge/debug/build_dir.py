@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import EdgeforgeError
 from .report import LayerReport, Thresholds, layer_report
@@ -38,7 +39,11 @@ def _inputs(lc: Any, inputs: Path | None, samples: int) -> np.ndarray:
         return np.asarray(x[:samples], dtype=np.float32)
     from ..data import load_data
 
-    return load_data(lc).test.head(samples).numpy()
+    x = load_data(lc).test.head(samples)
+    if not isinstance(x, torch.Tensor):
+        raise EdgeforgeError("the layer report compares models with one float input; this build's model takes "
+                             f"{len(x)} inputs (token ids and a mask)")
+    return x.numpy()
 
 
 def debug_build(build_dir: str | Path, target: str, *, inputs: str | Path | None = None, samples: int = 32,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from ..records import FirstDivergent, Metrics
 
@@ -22,8 +23,10 @@ def verdict_over_gate(plan: Plan, target: TargetProfile, artifact: Path, metrics
     """For an int8 target over its drift, agreement or logit-LSB gate, the layer report's verdict; else None."""
     if target.precision != "int8" or not over_gate(plan.gates[target.name], metrics):
         return None
-    x = plan.data.test.head(SAMPLES).numpy()
-    return first_divergent(plan.lc.output_dir / "student_qat.pt2", artifact, target, x)
+    x = plan.data.test.head(SAMPLES)
+    if not isinstance(x, torch.Tensor):
+        return FirstDivergent(None, None, None, "layer report not run: it compares models with one float input")
+    return first_divergent(plan.lc.output_dir / "student_qat.pt2", artifact, target, x.numpy())
 
 
 def over_gate(gate: GateSpec, m: Metrics) -> bool:

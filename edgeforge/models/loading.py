@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from ..config import LoadedConfig
+from ..data.batch import Inputs, call, count, rows, shapes
 from ..errors import ConfigError, ModelError
 from ..factories import call_factory
+from ..inputs import InputSpec
 from .program_file import UnsafeProgramError, load_program
 from .students import STUDENTS
 
@@ -114,7 +116,31 @@ def _load_teacher_program(path: Path, *, trust: bool) -> nn.Module:
         raise ModelError(f"teacher.program: {path} is not a torch.export program ({exc})") from None
 
 
-def build_student(lc: LoadedConfig, in_channels: int, num_classes: int) -> nn.Module:
+def token_defaults(inputs: tuple[InputSpec, ...]) -> dict[str, int]:
+    """``vocab_size`` and ``max_len`` for a token-input student, read from the data's tokenizer."""
+    ids = next((i for i in inputs if i.vocab_size is not None), None)
+    return {"vocab_size": int(ids.vocab_size), "max_len": int(ids.shape[0])} if ids and ids.vocab_size else {}
+
+
+def embedding_from_teacher(student: nn.Module, teacher: nn.Module, name: str) -> None:
+    """student.embedding_from_teacher: the teacher's token table, PCA-projected, as the student's."""
+    from .families.transformer import TransformerClassifier, init_from_teacher
+
+    modules = dict(teacher.named_modules())
+    table = modules.get(name)
+    if not isinstance(table, nn.Embedding):
+        near = [n for n, m in modules.items() if isinstance(m, nn.Embedding)][:6]
+        raise ConfigError(f"teacher has no nn.Embedding named '{name}'", key="student.embedding_from_teacher",
+                          fix=f"use one of: {', '.join(near) or 'none (the teacher has no embedding)'}")
+    if not isinstance(student, TransformerClassifier):
+        raise ConfigError("only the built-in transformer student takes an embedding from the teacher",
+                          key="student.embedding_from_teacher", fix="set student.family: transformer or drop it")
+    init_from_teacher(student, table.weight)
+
+
+def build_student(lc: LoadedConfig, in_channels: int, num_classes: int,
+                  defaults: dict[str, int] | None = None) -> nn.Module:
+    """The configured student; ``defaults`` (vocab_size, max_len of token data) fill a transformer's kwargs."""
     s = lc.config.student
     if s.factory:
         model = call_factory(s.factory, "student.factory", **s.kwargs)
@@ -125,23 +151,26 @@ def build_student(lc: LoadedConfig, in_channels: int, num_classes: int) -> nn.Mo
         builder = STUDENTS.get(s.family or "convnet")
     except Exception as exc:
         raise ConfigError(f"student.family: {exc}") from None
-    return builder(in_channels, num_classes, width=s.width, depth=s.depth, **s.kwargs)
+    extra = {**(defaults or {}), **s.kwargs} if s.family == "transformer" else s.kwargs
+    return builder(in_channels, num_classes, width=s.width, depth=s.depth, **extra)
 
 
-def _run_once(model: nn.Module, x: torch.Tensor, role: str) -> torch.Tensor:
+def _run_once(model: nn.Module, x: Inputs, role: str) -> torch.Tensor:
     try:
         with torch.no_grad():
-            out = model(x)
+            out = call(model, x)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{role}: fails on an input of shape {tuple(x.shape)}: {msg}") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+        what = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"inputs of shapes {shapes(x)}"
+        raise ModelError(f"{role}: fails on an input of {what}: {msg}") from None
+    n = count(x)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != n:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"{role}: must return logits of shape [batch, classes], got {shape} for a batch of {x.shape[0]}")
+        raise ModelError(f"{role}: must return logits of shape [batch, classes], got {shape} for a batch of {n}")
     return out
 
 
-def check_outputs(model: nn.Module, example: torch.Tensor, num_classes: int, role: str) -> None:
+def check_outputs(model: nn.Module, example: Inputs, num_classes: int, role: str) -> None:
     """Check the model returns one finite logit per class, at batch 1, the example's batch and one more."""
     # Batch 1 through a train-mode BatchNorm1d fails for a reason the build never meets; export
     # programs refuse train()/eval() and are run as they are.
@@ -149,9 +178,9 @@ def check_outputs(model: nn.Module, example: torch.Tensor, num_classes: int, rol
     if was_training:
         model.eval()
     try:
-        n = len(example)
+        n = count(example)
         for size in sorted({1, n, n + 1}):
-            x = example[torch.arange(size) % n]
+            x = rows(example, torch.arange(size) % n)
             out = _run_once(model, x, role)
             if out.shape[1] != num_classes:
                 raise ModelError(

@@ -22,21 +22,33 @@ from torch.export import Dim
 from ..cache import atomic_write_bytes
 from ..config import QatConfig
 from ..data import DataBundle, Split
+from ..data.batch import Inputs, as_tuple, call, clone, count, rows
 from ..devices import exact_fp32, on_device
 from ..errors import ModelError
 from ..training import TrainContext, TrainResult, evaluate, fit, kd_loss, make_optimizer, predict, teacher_logits
 from .quantizer import Int8Quantizer, Int8Scheme
 
 
-def export_for_training(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+def export_for_training(model: nn.Module, example: Inputs) -> torch.fx.GraphModule:
     """torch.export with a dynamic batch (an example batch of 1 would specialise the graph to 1)."""
-    ex = example[:2].clone() if len(example) >= 2 else example.repeat(2, *([1] * (example.ndim - 1)))
+    ex = two_rows(example)
     try:
-        ep = torch.export.export(model, (ex,), dynamic_shapes=({0: Dim("batch", min=1, max=1 << 16)},))
+        ep = torch.export.export(model, ex, dynamic_shapes=_batch_dims(ex))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200]
         raise ModelError(f"student: torch.export cannot capture the model for QAT ({type(exc).__name__}: {first})") from None
     return ep.module()
+
+
+def two_rows(example: Inputs) -> tuple[torch.Tensor, ...]:
+    """Two rows of every input, owning their storage (a view would save the whole split with the program)."""
+    n = count(example)
+    return as_tuple(clone(rows(example, torch.arange(2) % n)))
+
+
+def _batch_dims(ex: tuple[torch.Tensor, ...]) -> tuple[dict[int, Dim], ...]:
+    batch = Dim("batch", min=1, max=1 << 16)
+    return tuple({0: batch} for _ in ex)
 
 
 @dataclass
@@ -100,7 +112,7 @@ def quantization_aware_training(
     return QatOutput(converted, result, max_diff, n_q)
 
 
-def _convert(prepared: torch.fx.GraphModule, probe: torch.Tensor) -> tuple[torch.fx.GraphModule, float, int]:
+def _convert(prepared: torch.fx.GraphModule, probe: Inputs) -> tuple[torch.fx.GraphModule, float, int]:
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
@@ -136,15 +148,15 @@ def _fine_tune(prepared: torch.fx.GraphModule, teacher: nn.Module | None, data: 
     # DDP over the prepared graph; .train()/.eval() raise on it, so modes switch on the graph itself
     net = ctx.ranks.wrap(prepared)
 
-    def step_loss(idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def step_loss(idx: torch.Tensor, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         if cache is not None:
-            t_logits = cache[idx].to(x.device)
+            t_logits = cache[idx].to(y.device)
         elif teacher is not None and a > 0:
             with torch.no_grad():
-                t_logits = teacher(x)
+                t_logits = call(teacher, x)
         else:
             t_logits = None
-        return kd_loss(net(x), t_logits, y, t, a)
+        return kd_loss(call(net, x), t_logits, y, t, a)
 
     def on_epoch_start(epoch: int) -> None:
         # With observed (not learned) ranges, freeze them for the last epoch so the final
@@ -159,14 +171,14 @@ def _fine_tune(prepared: torch.fx.GraphModule, teacher: nn.Module | None, data: 
                on_epoch_start=on_epoch_start)
 
 
-def save_carrier(converted: torch.fx.GraphModule, example: torch.Tensor, path: str) -> None:
+def save_carrier(converted: torch.fx.GraphModule, example: Inputs, path: str) -> None:
     """Save the converted QAT graph as a torch.export program (dynamic batch).
 
     The example is cloned: a slice of the training split is a view, and the program file would
     otherwise carry the whole split's storage (173 MB for Fashion-MNIST's 23 k-parameter student).
     """
-    ex = example[:2].clone()
-    ep = torch.export.export(converted, (ex,), dynamic_shapes=({0: Dim("batch", min=1, max=1 << 16)},))
+    ex = two_rows(example)
+    ep = torch.export.export(converted, ex, dynamic_shapes=_batch_dims(ex))
     buf = io.BytesIO()  # through memory: torch's zip writer aborts the process on a full disk
     torch.export.save(ep, buf)
     atomic_write_bytes(Path(path), buf.getvalue())
