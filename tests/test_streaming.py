@@ -52,6 +52,19 @@ def test_memory_mapped_npz_and_npy_give_the_in_memory_inputs(tmp_path: Path) -> 
     assert torch.equal(torch.cat([xb for xb, _ in streamed.batches(7)]), mem.x)
 
 
+def test_a_truncated_array_file_is_an_error_not_garbage(tmp_path: Path) -> None:
+    x, y = _arrays()
+    (tmp_path / "f").mkdir()
+    np.save(tmp_path / "f" / "x.npy", x)
+    np.save(tmp_path / "f" / "y.npy", y)
+    split = load_npy("train", tmp_path / "f", _cfg(kind="npy", stream=True))
+    raw = (tmp_path / "f" / "x.npy").read_bytes()
+    (tmp_path / "f" / "x.npy").write_bytes(raw[: len(raw) - 100])  # the file shrinks under a running build
+    split.take(torch.tensor([0, 1]))
+    with pytest.raises(DataError, match=r"x\.npy: the file ends before row 47"):
+        split.take(torch.tensor([46, 47]))
+
+
 def test_a_compressed_npz_cannot_be_mapped_and_says_how_to_fix_it(tmp_path: Path) -> None:
     x, y = _arrays()
     np.savez_compressed(tmp_path / "c.npz", x=x, y=y)

@@ -1,8 +1,15 @@
-"""Arrays on disk without reading them into memory: .npy files and uncompressed .npz members as memory maps."""
+"""Arrays on disk without reading them into memory: .npy files and uncompressed .npz members.
+
+``locate_*`` finds where an array's bytes start; ``read_rows`` reads chosen rows with ``os.pread``
+(runs of consecutive rows in one call), so a pass over a large array keeps no pages of it resident
+(a memory map's touched pages count towards the process's memory until the kernel evicts them).
+"""
 
 from __future__ import annotations
 
+import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +30,60 @@ def _npy_header(f: object, where: str) -> tuple[tuple[int, ...], bool, np.dtype]
     return tuple(shape), bool(fortran), dtype
 
 
-def map_npy(path: Path) -> np.ndarray:
-    """A read-only memory map of a .npy file."""
+@dataclass(frozen=True)
+class Located:
+    """An array's bytes in a file: C order from ``offset``."""
+
+    path: Path
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+
+    def map(self) -> np.ndarray:
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape,
+                         order="F" if self.fortran else "C")
+
+
+def locate_npy(path: Path) -> Located:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     with open(path, "rb") as f:
         shape, fortran, dtype = _npy_header(f, str(path))
-        offset = f.tell()
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+        return Located(path, f.tell(), shape, dtype, fortran)
+
+
+def map_npy(path: Path) -> np.ndarray:
+    """A read-only memory map of a .npy file."""
+    return locate_npy(path).map()
+
+
+def read_rows(loc: Located, rows: np.ndarray, fd: int) -> np.ndarray:
+    """Rows ``rows`` (sorted, may repeat) of a C-order array, read from open file ``fd``."""
+    if loc.fortran:  # rows are not contiguous on disk: go through a map
+        return np.asarray(loc.map()[rows])
+    row_bytes = int(np.prod(loc.shape[1:], dtype=np.int64)) * loc.dtype.itemsize
+    out = np.empty((len(rows), *loc.shape[1:]), dtype=loc.dtype)
+    flat = out.reshape(len(rows), -1).view(np.uint8)
+    i = 0
+    while i < len(rows):
+        j = i + 1
+        while j < len(rows) and rows[j] == rows[j - 1] + 1:
+            j += 1
+        data = os.pread(fd, row_bytes * (j - i), loc.offset + int(rows[i]) * row_bytes)
+        if len(data) != row_bytes * (j - i):
+            raise DataError(f"{loc.path}: the file ends before row {int(rows[j - 1])} (truncated?)")
+        flat[i:j] = np.frombuffer(data, dtype=np.uint8).reshape(j - i, row_bytes)
+        i = j
+    return out
 
 
 def map_npz_member(path: Path, key: str) -> np.ndarray:
     """A read-only memory map of array ``key`` in an .npz written by ``np.savez`` (stored, not deflated)."""
+    return locate_npz_member(path, key).map()
+
+
+def locate_npz_member(path: Path, key: str) -> Located:
     try:
         with zipfile.ZipFile(path) as z:
             names = {n.removesuffix(".npy"): n for n in z.namelist()}
@@ -55,8 +104,7 @@ def map_npz_member(path: Path, key: str) -> np.ndarray:
         name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
         f.seek(info.header_offset + 30 + name_len + extra_len)
         shape, fortran, dtype = _npy_header(f, f"{path}:{key}")
-        offset = f.tell()
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+        return Located(path, f.tell(), shape, dtype, fortran)
 
 
 def hash_file(path: Path, h: object, chunk: int = 1 << 20) -> None:

@@ -7,6 +7,7 @@ in the process that reads (a memory map pickled by value would copy the whole ar
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
-from .arrays import hash_file, map_npy, map_npz_member
+from .arrays import Located, hash_file, locate_npy, locate_npz_member, read_rows
 from .checks import to_tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -24,27 +25,31 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 @dataclass
 class ArrayReader:
-    """Rows of a memory-mapped array: ``member`` names an .npz entry, None means ``path`` is a .npy file."""
+    """Rows of an array on disk: ``member`` names an .npz entry, None means ``path`` is a .npy file."""
 
     source: str
     split: str
     path: Path
     member: str | None
     cfg: DataConfig
-    _array: np.ndarray | None = field(default=None, repr=False)
-
-    def array(self) -> np.ndarray:
-        if self._array is None:
-            self._array = map_npy(self.path) if self.member is None else map_npz_member(self.path, self.member)
-        return self._array
+    _where: Located | None = field(default=None, repr=False)
+    _fd: int | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_array": None}
+        return {**self.__dict__, "_fd": None}  # a worker opens its own descriptor
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
 
     def read(self, idx: np.ndarray) -> torch.Tensor:
-        rows = np.sort(idx)  # sequential reads from the map; put back in the asked order below
+        if self._where is None:
+            self._where = locate_npy(self.path) if self.member is None else locate_npz_member(self.path, self.member)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        rows = np.sort(idx)  # sequential reads; put back in the asked order below
         order = np.searchsorted(rows, idx)
-        return to_tensor(self.source, self.split, np.asarray(self.array()[rows])[order], self.cfg)
+        return to_tensor(self.source, self.split, read_rows(self._where, rows, self._fd)[order], self.cfg)
 
     def digest(self) -> str:
         h = hashlib.sha256(f"{self.member}".encode())
