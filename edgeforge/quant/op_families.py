@@ -65,7 +65,9 @@ FAMILIES: tuple[OpFamily, ...] = (
                 "RELU6 / RELU_N1_TO_1 int8", _CM_FP16, "XNNPACK fused clamp")),
     OpFamily("hardswish", (aten.hardswish.default, aten.hardswish_.default), "own",
              _k(_ORT_FLOAT + " (no int8 HardSwish kernel in onnxruntime's CPU EP: HardSigmoid + Mul on every element)",
-                "HARD_SWISH int8", _CM_FP16, "XNNPACK qs8 hardswish (unverified)")),
+                "HARD_SWISH int8, run by LiteRT 2.3's builtin kernel: its XNNPACK delegate takes only float HARD_SWISH, "
+                "so the delegated graph splits around each one (Int8Scheme.decompose_hardswish writes int8 ADD with "
+                "RELU6, MUL, MUL instead, all delegated)", _CM_FP16, "XNNPACK qs8 hardswish (unverified)")),
     OpFamily("hardsigmoid", (aten.hardsigmoid.default, aten.hardsigmoid_.default), "decomposed",
              _k("QLinearAdd (+3, the clamp folded into its range) + QLinearMul (x 1/6)", "ADD (fused RELU6) + MUL int8", _CM_FP16,
                 "XNNPACK qs8 add + clamp + multiply")),
@@ -99,7 +101,8 @@ FAMILIES: tuple[OpFamily, ...] = (
              _k("int8 MaxPool / Reshape / Transpose (Q/DQ dropped)", "MAX_POOL_2D / RESHAPE / TRANSPOSE int8",
                 _CM_FP16, "XNNPACK qs8 max pooling; reshapes are copies")),
     OpFamily("embedding lookup", (aten.embedding.default,), "embedding",
-             _k("Gather on the int8 table", "GATHER int8", "gather on an int8 constexpr table",
+             _k("Gather on the int8 table", "float EMBEDDING_LOOKUP on the DEQUANTIZEd int8 table (litert-torch 0.10, "
+                "seen on the transformer student)", "gather on an int8 constexpr table",
                 "float gather (weight dequantized)")),
 )
 
