@@ -110,6 +110,10 @@ def rows_of(student: str, manifest: dict[str, Any], args: argparse.Namespace) ->
     return rows
 
 
+def _epochs(cfg: dict[str, Any], stage: str) -> str:
+    return str(cfg["resolved"][stage]["epochs"])
+
+
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.2f}%"
 
@@ -120,12 +124,13 @@ def print_table(done: list[tuple[str, dict[str, Any], float, list[float], list[d
 
     h = host_facts()
     print(f"host: {h['cpu']['model']} ({h['cpus']} CPUs; int8 flags: {', '.join(h['cpu']['int8_flags']) or 'none'}); "
-          f"distill {args.distill_epochs} epoch(s), QAT {args.qat_epochs} epoch(s) on "
-          f"{args.train_images or 55000:,} training images; 10,000 test images")
+          "10,000 test images")
     for student, manifest, wall, load, rows in done:
         models = manifest["models"]
         fs, qat = models["float_student"], models["qat_simulation"]
-        print(f"\n{student}: {fs['parameters']:,} parameters; teacher {_pct(models['teacher']['top1'])}, float student "
+        cfg, n_train = manifest["config"], manifest["data"]["splits"]["train"]["samples"]
+        print(f"\n{student}: distill {_epochs(cfg, 'distill')} and QAT {_epochs(cfg, 'qat')} epoch(s) on {n_train:,} "
+              f"training images; {fs['parameters']:,} parameters; teacher {_pct(models['teacher']['top1'])}, float student "
               f"{_pct(fs['top1'])}, QAT simulation {_pct(qat['top1'])}; build {wall:.0f} s at load average "
               f"{load[0]:.1f} -> {load[1]:.1f}; exit {manifest['exit_code']}\n")
         print("| runtime | top-1 | drift vs QAT simulation | agreement | max abs logit diff | bytes | first divergent node |")

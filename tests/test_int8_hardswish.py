@@ -73,6 +73,7 @@ def _tflite(gm: torch.fx.GraphModule, model: nn.Module, folder: Path) -> tuple[P
     carrier = Carrier(float_model=model, quantized=gm, input_shape=(3, 12, 12), num_classes=4,
                       class_names=list("abcd"), calibration=torch.zeros(1, 3, 12, 12), name="hardswish")
     (target,) = resolve(["tflite-cpu-int8"])
+    folder.mkdir(parents=True, exist_ok=True)
     art = get_exporter("tflite").export(carrier, target, folder / "model.tflite")
     return art.path, art.info
 
