@@ -42,10 +42,11 @@ class Int8Scheme:
     range_init: str = "minmax"  # minmax | histogram
     weight_bits: int = 8  # 4: weights on the grid [-7, 7], still stored in int8 tensors by every format
     # hardswish as x * (relu6(x + 3) * 1/6), three int8 ops (ADD with RELU6, MUL, MUL). LiteRT 2.3's
-    # XNNPACK delegate takes no int8 HARD_SWISH (the builtin kernel runs it, ~7x the fp32 XNNPACK op,
-    # and splits the delegated graph around it) and onnxruntime's CPU EP has no int8 HardSwish
+    # XNNPACK delegate takes no int8 HARD_SWISH (the builtin kernel runs it, 7-27x the fp32 XNNPACK op
+    # here, and splits the delegated graph around it) and onnxruntime's CPU EP has no int8 HardSwish
     # (a float island); both have int8 kernels for the parts. Off by default: a native int8
-    # HARD_SWISH is one requantization instead of three, and other delegates (GPU, NPU) take it.
+    # HARD_SWISH is one requantization instead of three, other delegates (GPU, NPU) take it, and on
+    # MobileNetV3-Small at 96x96 in LiteRT the parts were no faster (README, "Is int8 faster here?").
     decompose_hardswish: bool = False
 
     @property
