@@ -54,7 +54,8 @@ class TeacherStore:
                ) -> torch.Tensor:
         path = self.root / f"{self.key(split)}.npy"
         cached = _read(path, len(split))
-        if cached is not None:
+        # decided together: a rank computing alone would wait forever in the gather of the others' rows
+        if ctx.ranks.all_true(cached is not None) and cached is not None:
             self.hits += 1
             self._say(ctx, f"teacher outputs for {len(split)} {split.name} samples read from {path}")
             return cached
