@@ -68,16 +68,10 @@ class TeacherStore:
 
     def _compute(self, teacher: Callable[[torch.Tensor], torch.Tensor], split: SplitBase, ctx: TrainContext
                  ) -> torch.Tensor:
-        from .progress import Progress
         from .training import compute_teacher_logits
 
         self._say(ctx, f"computing teacher outputs for {len(split)} {split.name} samples (cached for later builds)")
-        rows = len(range(len(split))[ctx.ranks.split_rows(len(split))])
-        bar = Progress("teacher", max(1, -(-rows // 256)), enabled=ctx.ranks.leader, unit="batch")
-        try:
-            return compute_teacher_logits(teacher, split, ctx, bar)
-        finally:
-            bar.close()
+        return compute_teacher_logits(teacher, split, ctx, report=True)
 
     def _say(self, ctx: TrainContext, text: str) -> None:
         if self.log is not None and ctx.ranks.leader:

@@ -59,9 +59,15 @@ def predict(model: Callable[..., torch.Tensor], x: Inputs, batch_size: int = 256
 
 @torch.no_grad()
 def predict_split(model: Callable[[torch.Tensor], torch.Tensor], split: SplitBase, *, batch_size: int = 256,
-                  compute: Compute | None = None, rows: slice | None = None, workers: int = 0) -> torch.Tensor:
-    """Logits of a split's ``rows`` (default all), read a batch at a time (CPU, fp32)."""
-    outs = [predict(model, x, batch_size, compute) for x, _ in split.batches(batch_size, rows, workers)]
+                  compute: Compute | None = None, rows: slice | None = None, workers: int = 0,
+                  progress: Progress | None = None) -> torch.Tensor:
+    """Logits of a split's ``rows`` (default all), read a batch at a time (CPU, fp32); ``progress``
+    counts batches."""
+    outs = []
+    for i, (x, _) in enumerate(split.batches(batch_size, rows, workers)):
+        outs.append(predict(model, x, batch_size, compute))
+        if progress is not None:
+            progress.epoch(i + 1)
     return torch.cat(outs) if outs else torch.empty(0)
 
 
@@ -77,21 +83,18 @@ def teacher_logits(teacher: Callable[[torch.Tensor], torch.Tensor], split: Split
 
 
 def compute_teacher_logits(teacher: Callable[[torch.Tensor], torch.Tensor], split: SplitBase, ctx: TrainContext,
-                           progress: Progress | None = None) -> torch.Tensor:
+                           *, report: bool = False) -> torch.Tensor:
+    """This rank's slice through the teacher, then gathered; ``report``: batch lines with the time left."""
     part = ctx.ranks.split_rows(len(split))
-    idx = torch.arange(len(split))[part]
-    chunks = [idx[i : i + 256] for i in range(0, len(idx), 256)]
-    outs = []
-    for i, (_, x, _) in enumerate(split.load(chunks, ctx.workers)):
-        outs.append(predict(teacher, x, compute=ctx.compute))
-        if progress is not None:
-            progress.epoch(i + 1)
-    local = torch.cat(outs) if outs else torch.empty(0)
+    batch = 256
+    n_batches = max(1, -(-len(range(len(split))[part]) // batch))
+    bar = Progress("teacher", n_batches, enabled=report and ctx.ranks.leader, unit="batch")
+    try:
+        local = predict_split(teacher, split, batch_size=batch, compute=ctx.compute, rows=part, workers=ctx.workers,
+                              progress=bar)
+    finally:
+        bar.close()
     return ctx.ranks.gather_rows(local, len(split))
-
-
-def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return float((logits.argmax(1) == y).float().mean())
 
 
 def progress_enabled(flag: bool) -> bool:

@@ -4,7 +4,7 @@ so training, evaluation and export treat one- and several-input models alike."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,12 +28,6 @@ def to_device(x: Inputs, device: torch.device | str) -> Inputs:
 
 def call(model: Callable[..., torch.Tensor], x: Inputs) -> torch.Tensor:
     return model(*x) if isinstance(x, tuple) else model(x)
-
-
-def cat(parts: Sequence[Inputs]) -> Inputs:
-    if parts and isinstance(parts[0], tuple):
-        return tuple(torch.cat([as_tuple(p)[i] for p in parts]) for i in range(len(parts[0])))
-    return torch.cat([p for p in parts if isinstance(p, torch.Tensor)])
 
 
 def clone(x: Inputs) -> Inputs:

@@ -53,6 +53,15 @@ def inputs(source: str, name: str, x: np.ndarray) -> np.ndarray:
     return xf
 
 
+def stack_inputs(xs: list[np.ndarray], where: str) -> np.ndarray:
+    """One array of the samples' inputs; ``where`` (e.g. "data.factory: split 'train'") opens the error."""
+    try:
+        return np.stack(xs)
+    except ValueError:
+        shapes = sorted({a.shape for a in xs})[:3]
+        raise DataError(f"{where} yields inputs of different shapes ({shapes}); resize them") from None
+
+
 def normalise(t: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
     """(x - mean) / std per channel, when the config asks for it."""
     if cfg.mean is None and cfg.std is None:

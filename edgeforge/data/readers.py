@@ -18,7 +18,7 @@ import torch
 from ..config import DataConfig
 from ..errors import DataError
 from .arrays import Located, hash_file, locate_npy, locate_npz_member, read_rows
-from .checks import to_tensor
+from .checks import stack_inputs, to_tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -115,12 +115,7 @@ class DatasetReader:
             except (TypeError, IndexError, ValueError, KeyError) as exc:
                 raise DataError(f"{self.source}: item {int(i)} of split '{self.split}' is not an (input, label) "
                                 f"pair ({exc})") from None
-        try:
-            stacked = np.stack(xs)
-        except ValueError:
-            shapes = sorted({a.shape for a in xs})[:3]
-            raise DataError(f"{self.source}: split '{self.split}' yields inputs of different shapes ({shapes}); "
-                            "resize them") from None
+        stacked = stack_inputs(xs, f"{self.source}: split '{self.split}'")
         return to_tensor(self.source, self.split, stacked, self.cfg), ys
 
     def digest(self) -> str:

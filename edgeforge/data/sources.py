@@ -13,7 +13,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from ..factories import call_factory
 from .arrays import map_npy, map_npz_member
-from .checks import labels, to_tensor
+from .checks import labels, stack_inputs, to_tensor
 from .readers import IMAGE_SUFFIXES, ArrayReader, DatasetReader, ImageReader, decode
 from .splits import Split, SplitBase, StreamedSplit
 
@@ -114,11 +114,7 @@ def load_factory(name: str, cfg: DataConfig) -> SplitBase:
         raise DataError(f"data.factory: split '{name}' must yield (input, label) pairs ({exc})") from None
     if not xs:
         raise DataError(f"data.factory: split '{name}' is empty")
-    try:
-        x = np.stack(xs)
-    except ValueError:
-        shapes = sorted({a.shape for a in xs})[:3]
-        raise DataError(f"data.factory: split '{name}' yields inputs of different shapes ({shapes}); resize them") from None
+    x = stack_inputs(xs, f"data.factory: split '{name}'")
     return _in_memory(name, f"data.factory({name!r})", x, np.array(ys), cfg)
 
 
