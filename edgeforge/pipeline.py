@@ -134,7 +134,7 @@ def _claim_output(out_dir: Path, config_dir: Path, log: Log) -> None:
 
 def model_stages(plan: Plan, log: Log) -> list[Stage[Any]]:
     pre: list[Stage[Any]] = [PreflightStage(plan, log)] if plan.lc.config.preflight else []
-    return [*pre, DistillStage(plan, log), QatStage(plan, log), ReferenceStage(plan)]
+    return [*pre, DistillStage(plan, log), QatStage(plan, log), ReferenceStage(plan, log)]
 
 
 def target_stages(plan: Plan, target: TargetProfile) -> list[Stage[Any]]:

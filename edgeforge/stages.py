@@ -227,9 +227,10 @@ class ReferenceStage(Stage[References]):
     kind = "reference"
     ROLES = ("teacher", "float_student", "qat_simulation")
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, log: Log | None = None) -> None:
         super().__init__(after=("distill", "qat"))
         self.plan = plan
+        self.log = log
 
     def key_inputs(self) -> dict[str, Any]:
         return {"teacher": self.plan.teacher_digest, "validation": self.plan.lc.config.validation.batch_size,
@@ -241,15 +242,29 @@ class ReferenceStage(Stage[References]):
 
         assert folder is not None
         p = self.plan
-        models = {"teacher": p.teacher, "float_student": inputs["distill"], "qat_simulation": inputs["qat"]}
+        models = {"float_student": inputs["distill"], "qat_simulation": inputs["qat"]}
         y = p.data.test.y.numpy()
-        logits = {r: run_split(TorchSession(models[r]), p.data.test, p.lc.config.validation.batch_size, p.data.workers)
-                  for r in self.ROLES}
+        logits = {"teacher": self._teacher_logits()}
+        logits |= {r: run_split(TorchSession(m), p.data.test, p.lc.config.validation.batch_size, p.data.workers)
+                   for r, m in models.items()}
         np.savez(folder / "logits.npz", **logits)  # type: ignore[arg-type]
         s = {r: Scores.of(logits[r], y, p.data.num_classes, p.metric) for r in self.ROLES}
         return {"top1": {r: a.top1 for r, a in s.items()}, "per_class": {r: a.per_class for r, a in s.items()},
                 "metric": p.metric.name, "value": {r: a.value for r, a in s.items()},
                 "scores": {r: a.scores for r, a in s.items()}}
+
+    def _teacher_logits(self) -> np.ndarray:
+        """The teacher's test logits through the teacher-output cache (a slow teacher runs once per test split,
+        not again for every student); in fp32 only: the cache of an autocast build holds bf16/fp16 logits."""
+        from .runtimes.torch_ref import TorchSession
+        from .training import TrainContext, teacher_logits
+        from .validate import run_split
+
+        p = self.plan
+        if p.compute.precision != "fp32":
+            return run_split(TorchSession(p.teacher), p.data.test, p.lc.config.validation.batch_size, p.data.workers)
+        ctx = TrainContext(p.compute, log=self.log, workers=p.data.workers, teacher_store=p.teacher_store(self.log))
+        return teacher_logits(p.teacher, p.data.test, ctx).numpy().astype(np.float32)
 
     def load(self, folder: Path | None, record: dict[str, Any], inputs: dict[str, Any]) -> References:
         assert folder is not None

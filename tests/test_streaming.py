@@ -197,3 +197,28 @@ def test_a_streamed_build_trains_the_same_student_as_in_memory(tiny_assets: Path
     # the in-memory build filled the teacher cache for its digest; the streamed split has its own key
     assert any("[teacher] computing teacher outputs for 384 train samples" in ln for ln in lines)
     assert any("[teacher] teacher outputs for 384 train samples read from" in ln for ln in lines)  # QAT reuses
+
+
+@pytest.mark.slow
+def test_a_second_build_reads_the_teachers_train_and_test_outputs_from_the_cache(tiny_assets: Path,
+                                                                                 tmp_path: Path) -> None:
+    from edgeforge.pipeline import build
+
+    changes: dict[str, Any] = {"distill.epochs": 1, "qat.epochs": 0, "targets": ["onnx-cpu-fp32"], "gate.min_retention": 0.5,
+                               "preflight": False, "data.teacher_cache": str(tmp_path / "cache")}
+    first: list[str] = []
+    a = build(write_config(tmp_path / "a.yaml", tiny_config(tiny_assets, tmp_path / "a", **changes)),
+              log=first.append)
+    # another student: every model stage runs again, the teacher does not
+    second: list[str] = []
+    b = build(write_config(tmp_path / "b.yaml", tiny_config(tiny_assets, tmp_path / "b", **changes,
+                                                            **{"distill.seed": 1})), log=second.append)
+    assert a.exit_code == b.exit_code == 0
+    assert [ln for ln in first if ln.startswith("[teacher] computing")] == [
+        "[teacher] computing teacher outputs for 384 train samples (cached for later builds)",
+        "[teacher] computing teacher outputs for 256 test samples (cached for later builds)"]
+    assert not any(ln.startswith("[teacher] computing") for ln in second)
+    assert any(ln.startswith("[teacher] teacher outputs for 256 test samples read from") for ln in second)
+    ma, mb = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("a", "b"))
+    assert ma["models"]["float_student"]["sha256"] != mb["models"]["float_student"]["sha256"]
+    assert ma["models"]["teacher"] == mb["models"]["teacher"]
