@@ -12,7 +12,9 @@ in its own runtime on the full test split (10,000 images):
 - edgeforge PTQ (`qat.epochs: 0`), minmax and histogram range initialisation, through the same
   exporters;
 - NNCF PTQ for PT2E (`nncf.experimental.torch.fx.quantize_pt2e` with edgeforge's int8 quantizer,
-  so the scheme is identical) without and with its fast bias correction, through the same exporters;
+  so at int8 the scheme is identical) without and with its fast bias correction, through the same
+  exporters; NNCF quantizes weights to 8 bits whatever the spec, so under w4a8 its rows carry 8-bit
+  weights and their labels say so (`grid_label`);
 - onnxruntime `quantize_static` (QDQ, per-channel int8) of the build's fp32 ONNX file;
 - litert-torch's own PT2E PTQ of the float student.
 
@@ -84,7 +86,7 @@ def ptq_carrier(student: torch.nn.Module, data: Any, calib: Any, range_init: str
 
 
 def nncf_carrier(student: torch.nn.Module, calib: torch.Tensor, bias_correction: bool, scheme: str) -> torch.fx.GraphModule:
-    """NNCF's PTQ on the same PT2E graph and with the same quantizer (so only the ranges differ)."""
+    """NNCF's PTQ on the same PT2E graph and with the same quantizer (at int8 only the ranges differ)."""
     import nncf
     from nncf.experimental.torch.fx import quantize_pt2e
 
@@ -97,6 +99,21 @@ def nncf_carrier(student: torch.nn.Module, calib: torch.Tensor, bias_correction:
     return quantize_pt2e(gm, Int8Quantizer(Int8Scheme(learn_activation_ranges=False, weight_bits=bits)),
                          calibration_dataset=nncf.Dataset(batches), subset_size=len(batches),
                          fast_bias_correction=True if bias_correction else None)
+
+
+def grid_label(label: str, gm: torch.fx.GraphModule, scheme: str) -> str:
+    """The row label, saying so when a carrier's conv/linear weights are not on the scheme's grid.
+
+    NNCF 3.4's torchao adapter keeps no bit width: it quantizes weights to 8 bits whatever the spec,
+    narrow ([-127, 127]) only for a spec of exactly that range, so a w4a8 spec ([-7, 7]) gives
+    8-bit weights on [-128, 127] and that row measures w8a8 PTQ, not w4a8.
+    """
+    want = (-7, 7) if scheme == "w4a8" else (-127, 127)
+    dq = torch.ops.quantized_decomposed.dequantize_per_channel.default
+    grids = {(int(n.args[4]), int(n.args[5])) for n in gm.graph.nodes if n.op == "call_function" and n.target == dq}
+    if grids <= {want}:
+        return label
+    return f"{label} (weights on {', '.join(f'[{a}, {b}]' for a, b in sorted(grids))}, not the scheme's [{want[0]}, {want[1]}])"
 
 
 def export_and_score(gm: torch.fx.GraphModule, student: torch.nn.Module, data: Any, calib: torch.Tensor,
@@ -226,7 +243,8 @@ def peer_rows(student: torch.nn.Module, data: Any, cal: Any, tmp: Path,
     }
     rows: dict[str, dict[str, float | str]] = {}
     for label, make in makers.items():
-        rows[label] = export_and_score(make(), student, data, cal.x, tmp / f"peer{len(rows)}", test)
+        gm = make()
+        rows[grid_label(label, gm, scheme)] = export_and_score(gm, student, data, cal.x, tmp / f"peer{len(rows)}", test)
     if scheme != "w8a8":  # the two tools below quantize convolution weights to 8 bits only
         return rows
     if "ONNX (onnxruntime)" in INT8_TARGETS:

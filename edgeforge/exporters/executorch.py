@@ -23,6 +23,7 @@ from pydantic import Field
 
 from ..carrier import Carrier
 from ..errors import ExportError, require
+from ..quant.weight_codes import symmetric_weights
 from ..records import Check
 from ..schema import Strict
 from ..targets import TargetProfile
@@ -162,7 +163,8 @@ class ExecutorchExporter(Exporter):
         if target.precision == "int8":
             if carrier.quantized is None:
                 raise ExportError("int8 needs the QAT carrier, which this build did not produce", target=target.name)
-            return carrier.quantized
+            # XNNPACK's qs8 conv / fully-connected kernels ignore a weight zero point (weight_codes).
+            return symmetric_weights(carrier.quantized, target.name)
         return copy.deepcopy(carrier.float_model).eval()
 
     def export(self, carrier: Carrier, target: TargetProfile, path: Path) -> ExportedArtifact:

@@ -25,6 +25,7 @@ import torch
 from ..carrier import Carrier
 from ..errors import ExportError, require
 from ..inputs import batch_dims
+from ..quant.weight_codes import symmetric_weights
 from ..records import Check
 from ..targets import TargetProfile
 from .base import EXPORTERS, ExportedArtifact, Exporter, converter_failed, first_line
@@ -400,7 +401,8 @@ def _source_model(litert_torch: Any, carrier: Carrier,
         if carrier.quantized is None:
             raise ExportError("int8 needs the QAT carrier, which this build did not produce", target=target.name)
         with _quiet():
-            model: torch.nn.Module = unfold_quantized_weights(carrier.quantized)
+            # LiteRT's int8 CONV_2D / FULLY_CONNECTED kernels ignore a weight zero point (weight_codes).
+            model: torch.nn.Module = unfold_quantized_weights(symmetric_weights(carrier.quantized, target.name))
     else:
         model = copy.deepcopy(carrier.float_model)
     _set_eval(model)
