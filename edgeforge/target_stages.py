@@ -139,7 +139,7 @@ class ValidateStage(Stage[dict[str, Any]]):
 
         metrics.host_latency, metrics.latency = metrics.latency, None  # kept, labelled host; never the device's
         try:
-            metrics.latency = Latency.from_dict(self.runtime.measure_on_device(t, exported.path, v))
+            metrics.latency = Latency.from_dict(self.runtime.measure_on_device(t, exported.path, v, self.plan.data.inputs))
         except EdgeforgeError as exc:
             metrics.latency_note = f"device latency failed: {exc}"
             return str(exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,8 +32,15 @@ from edgeforge.remote import (
     DeviceUnreachable,
     RemoteError,
 )
-from edgeforge.remote.adb import AdbDevice, measure_adb, parse_benchmark_output, to_latency
-from edgeforge.remote.ssh import SshDevice, measure_ssh, parse_bench_output
+from edgeforge.remote.adb import (
+    AdbDevice,
+    check_runner_inputs,
+    measure_adb,
+    measure_adb_executorch,
+    parse_benchmark_output,
+    to_latency,
+)
+from edgeforge.remote.ssh import BENCH_SCRIPT, BenchInput, SshDevice, measure_ssh, parse_bench_output
 from edgeforge.validate import Latency
 
 SSHD = "/usr/sbin/sshd"
@@ -123,6 +132,55 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+VOCAB, SEQ = 50, 8  # the two-input model's vocabulary and sequence length
+
+
+def _text_model() -> tuple[object, tuple[object, ...]]:
+    """A text model taking int64 token ids and an attention mask (embedding, masked mean, linear), and examples."""
+    import torch
+    from torch import nn
+
+    class MaskedMean(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(VOCAB, 8), nn.Linear(8, 3)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            m = attention_mask.unsqueeze(-1).float()
+            return self.head((self.embed(input_ids) * m).sum(1) / m.sum(1).clamp(min=1.0))
+
+    torch.manual_seed(0)
+    return MaskedMean().eval(), (torch.zeros(1, SEQ, dtype=torch.int64), torch.ones(1, SEQ, dtype=torch.int64))
+
+
+@pytest.fixture(scope="module")
+def two_input_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    net, ex = _text_model()
+    path = tmp_path_factory.mktemp("text") / "text.onnx"
+    torch.onnx.export(net, ex, str(path), input_names=["input_ids", "attention_mask"],  # type: ignore[arg-type]
+                      output_names=["logits"], dynamo=False)
+    return path
+
+
+def _token_specs(ids: tuple[int, int] = (0, VOCAB - 1), **mask: object) -> list[BenchInput]:
+    base: dict[str, object] = {"name": "attention_mask", "shape": (1, SEQ), "dtype": "int64", "value_range": (1, 1)}
+    base.update(mask)
+    return [BenchInput("input_ids", (1, SEQ), "int64", ids), BenchInput(**base)]  # type: ignore[arg-type]
+
+
+def _bench_locally(model: Path, specs: list[BenchInput], fmt: str = "onnx") -> tuple[int, dict[str, object]]:
+    """device_bench.py run as on a device (a subprocess of this interpreter); (exit code, its JSON line)."""
+    argv = [sys.executable, str(BENCH_SCRIPT), "--model", str(model), "--format", fmt, "--warmup", "1",
+            "--runs", "5", "--inputs", json.dumps([s.as_json() for s in specs])]
+    proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, (proc.stdout, proc.stderr)
+    return proc.returncode, json.loads(lines[0])
+
+
 def _device(sshd: dict[str, object], **changes: object) -> SshDevice:
     workdir = Path(sshd["dir"]) / "remote"  # type: ignore[arg-type]
     base = {"host": "127.0.0.1", "port": sshd["port"], "user": getpass.getuser(), "key": sshd["key"],
@@ -184,6 +242,88 @@ def test_ssh_measures_tflite_latency_on_the_device(sshd: dict[str, object], tmp_
         measure_ssh(path, device=_device(sshd), format="tflite", threads=1, warmup=0, runs=1,
                     input_shape=(1, 16, 16, 3))
     _one_line_naming(exc, "127.0.0.1", "[1, 3, 16, 16]", "[1, 16, 16, 3]")
+
+
+# --- several named, typed inputs -----------------------------------------------------------------
+
+def test_device_bench_feeds_every_input_by_name_inside_its_range(two_input_onnx: Path) -> None:
+    rc, out = _bench_locally(two_input_onnx, _token_specs()[::-1])  # spec order differs: matched by name
+    assert rc == 0 and out["ok"], out
+    assert out["input_shapes"] == {"input_ids": [1, SEQ], "attention_mask": [1, SEQ]}
+    assert out["input_dtypes"] == {"input_ids": "int64", "attention_mask": "int64"}
+    ranges = out["input_ranges"]
+    assert isinstance(ranges, dict) and ranges["attention_mask"] == [1, 1]
+    low, high = ranges["input_ids"]
+    assert 0 <= low and high < VOCAB and high > 1  # random ids, all inside the vocabulary
+    assert out["input_shape"] == [1, SEQ] and out["batch"] == 1 and out["runs"] == 5  # older callers' fields
+    # The control: ids beyond the table make onnxruntime's Gather fail, so the run above was fed in-range ids.
+    rc, out = _bench_locally(two_input_onnx, _token_specs(ids=(0, VOCAB + 200)))
+    assert rc == 2 and out["error"] == "run_failed", out
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"shape": (1, 2 * SEQ)}, ["attention_mask", f"[1, {SEQ}]", f"[1, {2 * SEQ}]"]),
+    ({"shape": (1, SEQ, 1)}, ["attention_mask", "rank 2"]),
+    ({"dtype": "float32", "value_range": None}, ["attention_mask", "int64", "float32"]),
+    ({"name": "token_type_ids"}, ["token_type_ids", "input_ids, attention_mask"]),
+])
+def test_device_bench_spec_mismatch_is_one_line_naming_the_input(two_input_onnx: Path, change: dict[str, Any],
+                                                                 named: list[str]) -> None:
+    rc, out = _bench_locally(two_input_onnx, _token_specs(**change))
+    assert rc == 2 and out["ok"] is False and out["error"] == "shape_mismatch", out
+    msg = str(out["message"])
+    assert "\n" not in msg and all(n in msg for n in named), msg
+
+
+def test_device_bench_input_count_and_malformed_specs(two_input_onnx: Path) -> None:
+    rc, out = _bench_locally(two_input_onnx, _token_specs()[:1])
+    assert rc == 2 and out["error"] == "shape_mismatch", out
+    assert "takes 2 input(s) (input_ids, attention_mask)" in str(out["message"]), out
+    rc, out = _bench_locally(two_input_onnx, _token_specs(value_range=(1, 0)))
+    assert rc == 2 and out["error"] == "bad_inputs" and "attention_mask" in str(out["message"]), out
+
+
+@pytest.mark.tflite
+def test_device_bench_feeds_a_two_input_tflite_model_by_position(tmp_path: Path) -> None:
+    """litert-torch names the inputs args_0, args_1 and narrows int64 ids to int32: matched by position."""
+    litert_torch = pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_litert.interpreter")
+    net, ex = _text_model()
+    path = tmp_path / "text.tflite"
+    litert_torch.convert(net, ex).export(str(path))
+    rc, out = _bench_locally(path, _token_specs(), fmt="tflite")
+    assert rc == 0 and out["ok"], out
+    assert out["input_dtypes"] == {"input_ids": "int32", "attention_mask": "int32"}
+    ranges = out["input_ranges"]
+    assert isinstance(ranges, dict) and 0 <= ranges["input_ids"][0] and ranges["input_ids"][1] < VOCAB
+    rc, out = _bench_locally(path, _token_specs(shape=(1, SEQ + 1)), fmt="tflite")
+    assert rc == 2 and out["error"] == "shape_mismatch" and "input 'attention_mask'" in str(out["message"]), out
+
+
+@pytest.mark.ssh
+@needs_sshd
+def test_ssh_times_a_two_input_model(sshd: dict[str, object], two_input_onnx: Path) -> None:
+    lat = measure_ssh(two_input_onnx, device=_device(sshd), format="onnx", threads=1, warmup=1, runs=5,
+                      inputs=_token_specs())
+    assert lat.p50_ms is not None and lat.p50_ms > 0 and lat.runs == 5
+    assert lat.extra["input_shapes"] == {"input_ids": [1, SEQ], "attention_mask": [1, SEQ]}
+    assert 0 <= lat.extra["input_ranges"]["input_ids"][0] <= lat.extra["input_ranges"]["input_ids"][1] < VOCAB
+    with pytest.raises(DeviceBenchFailed) as exc:
+        measure_ssh(two_input_onnx, device=_device(sshd), format="onnx", threads=1, warmup=0, runs=1,
+                    inputs=_token_specs(dtype="float32", value_range=None))
+    _one_line_naming(exc, "127.0.0.1", "input 'attention_mask'", "float32", "input spec")
+
+
+def test_device_inputs_from_the_carrier_and_target() -> None:
+    from edgeforge.inputs import image_inputs, token_inputs
+    from edgeforge.runtimes.base import device_inputs
+    from edgeforge.targets import TargetProfile
+
+    onnx = TargetProfile.model_validate({"name": "t", "format": "onnx", "precision": "int8"})
+    assert device_inputs(token_inputs(SEQ, VOCAB), onnx) == tuple(_token_specs())
+    tfl = TargetProfile.model_validate({"name": "t", "format": "tflite", "precision": "int8",
+                                        "input": {"layout": "NHWC", "dtype": "int8", "batch": 4}})
+    assert device_inputs(image_inputs((3, 16, 16)), tfl) == (BenchInput("input", (4, 16, 16, 3), "int8"),)
 
 
 @pytest.mark.ssh
@@ -399,6 +539,40 @@ def test_adb_runner_with_a_fake_adb(fake_adb: tuple[Path, Path], tmp_path: Path)
     for flag in (f"--graph={remote}", "--num_threads=2", "--warmup_runs=3", "--num_runs=20", "--min_secs=0"):
         assert flag in bench[3].split()
     assert calls[-1] == ["-s", "FAKE123", "shell", f"rm -f {remote}"]
+
+
+def test_adb_command_line_with_two_inputs(fake_adb: tuple[Path, Path], tmp_path: Path) -> None:
+    adb, log = fake_adb
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"tflite bytes")
+    dev = AdbDevice("FAKE123", benchmark_model="/data/local/tmp/bm", adb=str(adb))
+    lat = measure_adb(model, device=dev, threads=1, warmup=3, runs=20, inputs=_token_specs())
+    bench = next(c for c in (json.loads(ln) for ln in log.read_text().splitlines()) if "--graph=" in c[-1])
+    words = shlex.split(bench[3])
+    flags = dict(w.split("=", 1) for w in words[1:])
+    assert words[0] == "/data/local/tmp/bm" and len(flags) == len(words) - 1  # one value per flag
+    assert flags["--input_layer"] == "input_ids,attention_mask"
+    assert flags["--input_layer_shape"] == f"1,{SEQ}:1,{SEQ}"
+    assert flags["--input_layer_value_range"] == f"input_ids,0,{VOCAB - 1}:attention_mask,1,1"
+    assert lat.extra["input_ranges"] == {"input_ids": [0, VOCAB - 1], "attention_mask": [1, 1]}
+    # one float image input: no input flags, benchmark_model feeds the model's own shape as before
+    measure_adb(model, device=dev, threads=1, warmup=3, runs=20,
+                inputs=[BenchInput("input", (1, 3, 16, 16), "float32")])
+    last = [c for c in (json.loads(ln) for ln in log.read_text().splitlines()) if "--graph=" in c[-1]][-1]
+    assert "--input_layer" not in last[3]
+
+
+def test_adb_executorch_refuses_inputs_the_runner_cannot_feed(tmp_path: Path) -> None:
+    from edgeforge.errors import ConfigError
+
+    dev = AdbDevice("FAKE123", benchmark_model="/data/local/tmp/xnn_executor_runner")
+    check_runner_inputs(_token_specs(), dev)  # all ones: valid ids (vocabulary >= 2) and a full mask
+    model = tmp_path / "m.pte"
+    model.write_bytes(b"pte")
+    with pytest.raises(ConfigError) as exc:
+        measure_adb_executorch(model, device=dev, threads=1, warmup=0, runs=1, inputs=_token_specs(ids=(0, 0)))
+    msg = str(exc.value)
+    assert "\n" not in msg and "input 'input_ids'" in msg and "all ones" in msg and "measured_on: ssh" in msg
 
 
 def test_adb_errors_are_one_line(fake_adb: tuple[Path, Path], tmp_path: Path) -> None:

@@ -5,6 +5,12 @@ chmod +x /data/local/tmp/benchmark_model``); its path is configurable. Per run: 
 run ``benchmark_model --graph=... --num_threads=N --warmup_runs=W --num_runs=R``, parse its log,
 remove the artifact.
 
+A model with several inputs, or integer ones, gets ``--input_layer=a,b --input_layer_shape=1,128:1,128
+--input_layer_value_range=input_ids,0,30521:attention_mask,1,1``: benchmark_model otherwise draws
+integers from 0..99 (out of a small vocabulary) and needs every shape once one is given. It matches
+these flags to the model's inputs by position (a name that differs from the tensor's, e.g.
+``serving_default_args_0``, only logs a warning); ranges are inclusive at both ends.
+
 benchmark_model treats ``--num_runs`` and ``--warmup_runs`` as minimums alongside ``--min_secs``
 (default 1 s) and ``--warmup_min_secs`` (0.5 s); both are set to 0 so the counts are the ones
 asked for (``max_secs``, 150 s by default, can still cut a very slow run short). The counts
@@ -32,7 +38,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +53,7 @@ from . import (
     RemoteError,
     one_line,
 )
+from .ssh import BenchInput
 
 ADB_SLACK_S = 60.0  # push of a few MB over USB, device info, clean-up
 
@@ -149,23 +156,47 @@ def to_latency(out: BenchmarkOutput, *, device: AdbDevice, threads: int, warmup:
     )
 
 
+def input_layer_flags(inputs: Sequence[BenchInput]) -> list[str]:
+    """benchmark_model's flags for ``inputs`` (in the model's order): every shape, and each integer input's
+    value range. No flags for a single input without a range: the tool then feeds the model's own shape."""
+    if not inputs or (len(inputs) == 1 and inputs[0].value_range is None):
+        return []
+    flags = [f"--input_layer={','.join(i.name for i in inputs)}",
+             f"--input_layer_shape={':'.join(','.join(str(int(d)) for d in i.shape) for i in inputs)}"]
+    ranges = [f"{i.name},{i.value_range[0]},{i.value_range[1]}" for i in inputs if i.value_range is not None]
+    if ranges:
+        flags.append(f"--input_layer_value_range={':'.join(ranges)}")
+    return flags
+
+
+def benchmark_model_command(binary: str, remote: str, *, threads: int, warmup: int, runs: int,
+                            inputs: Sequence[BenchInput] = ()) -> list[str]:
+    return [binary, f"--graph={remote}", f"--num_threads={threads}", f"--warmup_runs={warmup}",
+            f"--num_runs={runs}", "--warmup_min_secs=0", "--min_secs=0", *input_layer_flags(inputs)]
+
+
 def measure_adb(artifact: Path, *, device: AdbDevice, threads: int, warmup: int, runs: int, batch: int = 1,
-                timeout: float = 600.0) -> DeviceLatency:
+                inputs: Sequence[BenchInput] = (), timeout: float = 600.0) -> DeviceLatency:
     """Latency of a .tflite ``artifact`` on an Android device, timed by benchmark_model there.
 
-    benchmark_model feeds the model's own input shape; ``batch`` only labels the result.
+    ``inputs`` (the model's, in order) set every input's shape and the integer inputs' value ranges;
+    without them benchmark_model feeds the model's own input shape and ``batch`` only labels the result.
     """
     def command(remote: str) -> list[str]:
-        return [device.benchmark_model, f"--graph={remote}", f"--num_threads={threads}", f"--warmup_runs={warmup}",
-                f"--num_runs={runs}", "--warmup_min_secs=0", "--min_secs=0"]
+        return benchmark_model_command(device.benchmark_model, remote, threads=threads, warmup=warmup, runs=runs,
+                                       inputs=inputs)
 
     text, device_info = _run_on_device(artifact, ".tflite", command, device=device, threads=threads, warmup=warmup,
                                        runs=runs, timeout=timeout)
     with _tool_errors(device, text, "benchmark_model", "push TFLite's benchmark_model there and chmod +x it, or set "
                       "latency.adb.benchmark_model"):
         out = parse_benchmark_output(text)
-    return to_latency(out, device=device, threads=threads, warmup=warmup, runs=runs, batch=batch,
-                      device_info=device_info)
+    lat = to_latency(out, device=device, threads=threads, warmup=warmup, runs=runs,
+                     batch=int(inputs[0].shape[0]) if inputs else batch, device_info=device_info)
+    if inputs:
+        lat.extra.update(input_shapes={i.name: list(i.shape) for i in inputs},
+                         input_ranges={i.name: list(i.value_range) for i in inputs if i.value_range is not None})
+    return lat
 
 
 def _run_on_device(artifact: Path, suffix: str, command: Callable[[str], list[str]], *, device: AdbDevice,
@@ -247,8 +278,9 @@ class _Adb:
 #
 # ExecuTorch's pip wheel ships no device binary; ``executor_runner`` (portable kernels) or
 # ``xnn_executor_runner`` (built with -DEXECUTORCH_BUILD_XNNPACK=ON) is built from ExecuTorch's
-# sources with the Android NDK and pushed to the device. It feeds inputs of ones and logs through
-# ET_LOG (per examples/portable/executor_runner/executor_runner.cpp):
+# sources with the Android NDK and pushed to the device. It feeds every input all ones (prepare_input_tensors;
+# newer builds can also read raw --inputs files, which edgeforge does not rely on) and logs through ET_LOG
+# (per examples/portable/executor_runner/executor_runner.cpp):
 #
 #     Model loaded in X ms.                                      (newer builds)
 #     Iteration i of N: X ms                                     (newer builds, one per execution)
@@ -303,12 +335,28 @@ def runner_latency(out: RunnerOutput, *, device: AdbDevice, threads: int, warmup
     )
 
 
+def check_runner_inputs(inputs: Sequence[BenchInput], device: AdbDevice) -> None:
+    """executor_runner feeds all ones and takes no value range: refuse a model for which 1 is not a valid value.
+
+    Ones are valid token ids in any vocabulary of two or more tokens, and a mask of ones is a full
+    sequence, so text models are timed on valid (if repetitive) inputs; never on ids outside the table.
+    """
+    for i in inputs:
+        if i.value_range is not None and not i.value_range[0] <= 1 <= i.value_range[1]:
+            raise ConfigError(f"{device.where}: executor_runner feeds every input all ones, but input '{i.name}' "
+                              f"takes values {i.value_range[0]}..{i.value_range[1]}; time this model over SSH "
+                              "(latency.measured_on: ssh), where each input gets values in its range")
+
+
 def measure_adb_executorch(artifact: Path, *, device: AdbDevice, threads: int, warmup: int, runs: int,
-                           timeout: float = 600.0) -> DeviceLatency:
+                           inputs: Sequence[BenchInput] = (), timeout: float = 600.0) -> DeviceLatency:
     """Latency of a .pte ``artifact`` on an Android device, timed there by ExecuTorch's executor_runner.
 
-    ``device.benchmark_model`` is the runner's path on the device.
+    ``device.benchmark_model`` is the runner's path on the device. It feeds the program's own input
+    shapes, all ones; ``inputs`` are only checked to take ones (``check_runner_inputs``).
     """
+    check_runner_inputs(inputs, device)
+
     def command(remote: str) -> list[str]:
         return [device.benchmark_model, f"--model_path={remote}", f"--num_executions={warmup + runs}",
                 f"--cpu_threads={threads}"]
@@ -318,4 +366,7 @@ def measure_adb_executorch(artifact: Path, *, device: AdbDevice, threads: int, w
     with _tool_errors(device, text, "executor_runner", "build ExecuTorch's xnn_executor_runner for Android, push it "
                       "there and chmod +x it, or set executorch.adb_runner"):
         out = parse_executor_runner_output(text, warmup=warmup)
-    return runner_latency(out, device=device, threads=threads, warmup=warmup, device_info=device_info)
+    lat = runner_latency(out, device=device, threads=threads, warmup=warmup, device_info=device_info)
+    if inputs:
+        lat.extra["input_fill"] = "ones"  # executor_runner's; every value range above was checked to hold 1
+    return lat

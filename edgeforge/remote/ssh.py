@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import ConfigError
 from . import (
@@ -36,6 +36,22 @@ from . import (
 BENCH_SCRIPT = Path(__file__).with_name("device_bench.py")
 SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}  # the formats device_bench.py runs
 CONNECT_SLACK_S = 30.0  # beyond ConnectTimeout: auth, mkdir and copying a few MB
+
+
+@dataclass(frozen=True)
+class BenchInput:
+    """One model input as a device benchmark feeds it: the full shape (batch first), the artifact's dtype, and
+    for integer inputs the values to draw, both ends inclusive (token ids ``(0, vocab_size - 1)``, a mask
+    ``(1, 1)``); None draws the runtime's default random values (float and quantized image inputs)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    value_range: tuple[int, int] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": [int(d) for d in self.shape], "dtype": self.dtype,
+                "value_range": None if self.value_range is None else [int(v) for v in self.value_range]}
 
 
 @dataclass(frozen=True)
@@ -60,12 +76,15 @@ class SshDevice:
 
 def measure_ssh(
     artifact: Path, *, device: SshDevice, format: Literal["onnx", "tflite", "executorch"], threads: int, warmup: int,
-    runs: int, input_shape: Sequence[int] | None = None, input_dtype: str | None = None, timeout: float = 600.0,
+    runs: int, inputs: Sequence[BenchInput] = (), input_shape: Sequence[int] | None = None,
+    input_dtype: str | None = None, timeout: float = 600.0,
 ) -> DeviceLatency:
     """Batch latency of ``artifact`` on ``device``, timed there by ``device_bench.py``.
 
-    ``input_shape``/``input_dtype`` are what the caller expects the model to take: they fill the
-    model's dynamic dimensions, and a disagreement with its static signature is an error.
+    ``inputs`` are every input the caller expects the model to take, in its order: their shapes fill
+    the model's dynamic dimensions, a disagreement with its signature (count, rank, static size, kind
+    of dtype) is an error naming the input, and integer inputs are drawn from their ``value_range``.
+    ``input_shape``/``input_dtype`` describe only the first input (older callers; ignored with ``inputs``).
     """
     artifact = Path(artifact)
     if format not in SUFFIXES:
@@ -89,9 +108,11 @@ def measure_ssh(
             client.copy(BENCH_SCRIPT, f"{remote_dir}/device_bench.py")
             cmd = [device.python, f"{remote_dir}/device_bench.py", "--model", model, "--format", format,
                    "--threads", str(threads), "--warmup", str(warmup), "--runs", str(runs)]
-            if input_shape is not None:
+            if inputs:
+                cmd += ["--inputs", json.dumps([i.as_json() for i in inputs], separators=(",", ":"))]
+            if input_shape is not None and not inputs:
                 cmd += ["--shape", ",".join(str(int(d)) for d in input_shape)]
-            if input_dtype is not None:
+            if input_dtype is not None and not inputs:
                 cmd += ["--dtype", input_dtype]
             proc = client.ssh(shlex.join(cmd), timeout=timeout, what="the benchmark")
         finally:
@@ -133,7 +154,8 @@ def parse_bench_output(stdout: str, stderr: str, returncode: int, device: SshDev
             samples_ms=[float(v) for v in out.get("samples_ms", [])],
             runtime=str(out["runtime"]), runtime_version=str(out["runtime_version"]), device=str(out["uname"]),
             extra={"input_shape": out.get("input_shape"), "input_dtype": out.get("input_dtype"),
-                   "python": out.get("python")},
+                   "input_shapes": out.get("input_shapes"), "input_dtypes": out.get("input_dtypes"),
+                   "input_ranges": out.get("input_ranges"), "python": out.get("python")},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise DeviceBenchFailed(f"{device.where}: the benchmark's result lacks or mangles {exc}; the device's "

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..errors import ConfigError, RuntimeUnavailable
-from ..inputs import Batch, as_arrays
+from ..inputs import Batch, InputSpec, as_arrays
 from ..registry import Registry
 from ..targets import TargetProfile
 
 if TYPE_CHECKING:
     from ..config import ValidationConfig
+    from ..remote.ssh import BenchInput
 
 
 class Session(ABC):
@@ -91,9 +93,15 @@ class Runtime(ABC):
         """What the runtime makes of the artifact (e.g. the kernels it fused); empty if nothing to say."""
         return {}
 
-    def measure_on_device(self, target: TargetProfile, artifact: Path, validation: ValidationConfig) -> dict[str, Any]:
-        """Latency on the profile's device (``latency.measured_on``); raises EdgeforgeError subclasses."""
+    def measure_on_device(self, target: TargetProfile, artifact: Path, validation: ValidationConfig,
+                          inputs: Sequence[InputSpec] = ()) -> dict[str, Any]:
+        """Latency on the profile's device (``latency.measured_on``); raises EdgeforgeError subclasses.
+
+        ``inputs`` (the carrier's, in forward order) are each fed and checked on the device; left empty,
+        the device feeds the artifact's own input shapes unchecked.
+        """
         spec = target.latency
+        feeds = device_inputs(inputs, target)
         if spec.measured_on == "ssh" and spec.ssh is not None and self.ssh_bench:
             from ..remote.ssh import SshDevice, measure_ssh
 
@@ -102,16 +110,39 @@ class Runtime(ABC):
                                python=s.python, workdir=s.workdir, connect_timeout=s.connect_timeout,
                                known_hosts=Path(s.known_hosts).expanduser() if s.known_hosts else None)
             return measure_ssh(artifact, device=device, format=self.ssh_bench, threads=target.runtime.threads,  # type: ignore[arg-type]
-                               warmup=validation.warmup, runs=validation.runs).as_dict()
+                               warmup=validation.warmup, runs=validation.runs, inputs=feeds).as_dict()
         if spec.measured_on == "adb" and spec.adb is not None and self.adb_bench:
             from ..remote.adb import AdbDevice, measure_adb
 
             a = spec.adb
             dev = AdbDevice(serial=a.serial, benchmark_model=a.benchmark_model, workdir=a.workdir, adb=a.adb)
             return measure_adb(artifact, device=dev, threads=target.runtime.threads, warmup=validation.warmup,
-                               runs=validation.runs).as_dict()
+                               runs=validation.runs, inputs=feeds).as_dict()
         raise ConfigError(f"{self.format} artifacts cannot be timed with latency.measured_on: {spec.measured_on}",
                           target=target.name, fix="set latency.measured_on: host or pick a format with a device runner")
+
+
+def device_inputs(inputs: Sequence[InputSpec], target: TargetProfile) -> tuple[BenchInput, ...]:
+    """What a device benchmark feeds each model input of ``target``'s artifact, in the model's order.
+
+    Float inputs take the profile's input dtype (int8/uint8 when the artifact's I/O is quantized) and
+    image inputs its layout (NHWC in channel-last LiteRT files); integer inputs keep their dtype and get
+    a value range: token ids stay inside the vocabulary, masks are all ones. A dynamic batch is timed at 1.
+    """
+    from ..remote.ssh import BenchInput
+
+    batch = target.input.batch if isinstance(target.input.batch, int) else 1
+    out = []
+    for s in inputs:
+        shape = (batch, *s.shape)
+        if s.is_image and target.input.layout == "NHWC":
+            shape = (batch, *s.shape[1:], s.shape[0])
+        if s.is_float:
+            out.append(BenchInput(s.name, shape, target.input.dtype))
+        else:
+            low, high = (0, s.vocab_size - 1) if s.vocab_size is not None else (1, 1)
+            out.append(BenchInput(s.name, shape, s.dtype, (low, high)))
+    return tuple(out)
 
 
 RUNTIMES: Registry[type[Runtime]] = Registry("runtime")  # keys: "<format>:<name>"

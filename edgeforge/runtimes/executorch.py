@@ -14,16 +14,16 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError, require
-from ..inputs import Batch, as_arrays, cast_input
+from ..inputs import Batch, InputSpec, as_arrays, cast_input
 from ..targets import TargetProfile
-from .base import RUNTIMES, Runtime, Session
+from .base import RUNTIMES, Runtime, Session, device_inputs
 
 if TYPE_CHECKING:
     from ..config import ValidationConfig
@@ -152,10 +152,11 @@ class ExecutorchRuntime(Runtime):
         except Exception as exc:  # the private deserializer moved: the artifact still runs
             return {"unreadable": f"{type(exc).__name__}: {str(exc)[:160]}"}
 
-    def measure_on_device(self, target: TargetProfile, artifact: Path, validation: ValidationConfig) -> dict[str, Any]:
+    def measure_on_device(self, target: TargetProfile, artifact: Path, validation: ValidationConfig,
+                          inputs: Sequence[InputSpec] = ()) -> dict[str, Any]:
         spec = target.latency
         if spec.measured_on != "adb" or spec.adb is None:
-            return super().measure_on_device(target, artifact, validation)
+            return super().measure_on_device(target, artifact, validation, inputs)
         from ..exporters.executorch import options_for
         from ..remote.adb import AdbDevice, measure_adb_executorch
 
@@ -166,7 +167,8 @@ class ExecutorchRuntime(Runtime):
                               key="executorch.adb_runner", fix="e.g. /data/local/tmp/xnn_executor_runner")
         device = AdbDevice(serial=a.serial, benchmark_model=runner, workdir=a.workdir, adb=a.adb)
         return measure_adb_executorch(artifact, device=device, threads=target.runtime.threads,
-                                      warmup=validation.warmup, runs=validation.runs).as_dict()
+                                      warmup=validation.warmup, runs=validation.runs,
+                                      inputs=device_inputs(inputs, target)).as_dict()
 
 
 RUNTIMES.add("executorch:executorch", ExecutorchRuntime)
