@@ -50,12 +50,14 @@ def _teacher() -> torch.nn.Module:
 
 
 def _student(build: Path, manifest: dict[str, Any]) -> torch.nn.Module:
-    from edgeforge.models.families.transformer import transformer
+    """The float student as the build configured it (its resolved config), through the family registry."""
+    from edgeforge.models.students import STUDENTS
 
     s = manifest["config"]["resolved"]["student"]
     token = manifest["data"]["inputs"][0]
-    model = transformer(1, len(manifest["data"]["class_names"]), s["width"], s["depth"],
-                        vocab_size=token["vocab_size"], max_len=token["shape"][-1], **s["kwargs"])
+    builder = STUDENTS.get(s["family"])
+    model = builder(1, len(manifest["data"]["class_names"]), width=s["width"], depth=s["depth"],
+                    vocab_size=token["vocab_size"], max_len=token["shape"][-1], **s["kwargs"])
     model.load_state_dict(torch.load(build / "student_float.pt", weights_only=True))
     return model.eval()
 

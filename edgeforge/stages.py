@@ -237,32 +237,35 @@ class ReferenceStage(Stage[References]):
                 **self.plan.data_identity(), **self.plan.metric_identity()}
 
     def produce(self, folder: Path | None, inputs: dict[str, Any]) -> dict[str, Any]:
-        from .runtimes.torch_ref import TorchSession
-        from .validate import Scores, run_split
+        from .validate import Scores
 
         assert folder is not None
         p = self.plan
-        models = {"float_student": inputs["distill"], "qat_simulation": inputs["qat"]}
         y = p.data.test.y.numpy()
-        logits = {"teacher": self._teacher_logits()}
-        logits |= {r: run_split(TorchSession(m), p.data.test, p.lc.config.validation.batch_size, p.data.workers)
-                   for r, m in models.items()}
+        logits = {"teacher": self._teacher_logits(), "float_student": self._run(inputs["distill"]),
+                  "qat_simulation": self._run(inputs["qat"])}
         np.savez(folder / "logits.npz", **logits)  # type: ignore[arg-type]
         s = {r: Scores.of(logits[r], y, p.data.num_classes, p.metric) for r in self.ROLES}
         return {"top1": {r: a.top1 for r, a in s.items()}, "per_class": {r: a.per_class for r, a in s.items()},
                 "metric": p.metric.name, "value": {r: a.value for r, a in s.items()},
                 "scores": {r: a.scores for r, a in s.items()}}
 
-    def _teacher_logits(self) -> np.ndarray:
-        """The teacher's test logits through the teacher-output cache (a slow teacher runs once per test split,
-        not again for every student); in fp32 only: the cache of an autocast build holds bf16/fp16 logits."""
+    def _run(self, model: Any) -> np.ndarray:
+        """A model's logits on the test split, in fp32 on the CPU."""
         from .runtimes.torch_ref import TorchSession
-        from .training import TrainContext, teacher_logits
         from .validate import run_split
 
         p = self.plan
+        return run_split(TorchSession(model), p.data.test, p.lc.config.validation.batch_size, p.data.workers)
+
+    def _teacher_logits(self) -> np.ndarray:
+        """The teacher's test logits through the teacher-output cache (a slow teacher runs once per test split,
+        not again for every student); in fp32 only: the cache of an autocast build holds bf16/fp16 logits."""
+        from .training import TrainContext, teacher_logits
+
+        p = self.plan
         if p.compute.precision != "fp32":
-            return run_split(TorchSession(p.teacher), p.data.test, p.lc.config.validation.batch_size, p.data.workers)
+            return self._run(p.teacher)
         ctx = TrainContext(p.compute, log=self.log, workers=p.data.workers, teacher_store=p.teacher_store(self.log))
         return teacher_logits(p.teacher, p.data.test, ctx).numpy().astype(np.float32)
 

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from edgeforge.remote import (
+    BenchInput,
     DeviceAuthFailed,
     DeviceBenchFailed,
     DeviceRuntimeMissing,
@@ -40,7 +41,7 @@ from edgeforge.remote.adb import (
     parse_benchmark_output,
     to_latency,
 )
-from edgeforge.remote.ssh import BENCH_SCRIPT, BenchInput, SshDevice, measure_ssh, parse_bench_output
+from edgeforge.remote.ssh import BENCH_SCRIPT, SshDevice, measure_ssh, parse_bench_output
 from edgeforge.validate import Latency
 
 SSHD = "/usr/sbin/sshd"

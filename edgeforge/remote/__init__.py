@@ -13,8 +13,27 @@ Both return a ``DeviceLatency`` whose ``as_dict()`` has the keys of ``edgeforge.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from ..errors import EdgeforgeError
 from ..records import Latency
+
+
+@dataclass(frozen=True)
+class BenchInput:
+    """One model input as a device benchmark feeds it: the full shape (batch first), the artifact's dtype, and
+    for integer inputs the values to draw, both ends inclusive (token ids ``(0, vocab_size - 1)``, a mask
+    ``(1, 1)``); None draws the runtime's default random values (float and quantized image inputs)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    value_range: tuple[int, int] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": [int(d) for d in self.shape], "dtype": self.dtype,
+                "value_range": None if self.value_range is None else [int(v) for v in self.value_range]}
 
 
 class RemoteError(EdgeforgeError):

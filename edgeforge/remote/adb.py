@@ -46,6 +46,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..records import Latency as DeviceLatency
 from . import (
+    BenchInput,
     DeviceAuthFailed,
     DeviceBenchFailed,
     DeviceRuntimeMissing,
@@ -53,7 +54,6 @@ from . import (
     RemoteError,
     one_line,
 )
-from .ssh import BenchInput
 
 ADB_SLACK_S = 60.0  # push of a few MB over USB, device info, clean-up
 

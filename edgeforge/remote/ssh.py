@@ -20,10 +20,11 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from ..errors import ConfigError
 from . import (
+    BenchInput,
     DeviceAuthFailed,
     DeviceBenchFailed,
     DeviceLatency,
@@ -36,22 +37,6 @@ from . import (
 BENCH_SCRIPT = Path(__file__).with_name("device_bench.py")
 SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}  # the formats device_bench.py runs
 CONNECT_SLACK_S = 30.0  # beyond ConnectTimeout: auth, mkdir and copying a few MB
-
-
-@dataclass(frozen=True)
-class BenchInput:
-    """One model input as a device benchmark feeds it: the full shape (batch first), the artifact's dtype, and
-    for integer inputs the values to draw, both ends inclusive (token ids ``(0, vocab_size - 1)``, a mask
-    ``(1, 1)``); None draws the runtime's default random values (float and quantized image inputs)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    value_range: tuple[int, int] | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": [int(d) for d in self.shape], "dtype": self.dtype,
-                "value_range": None if self.value_range is None else [int(v) for v in self.value_range]}
 
 
 @dataclass(frozen=True)

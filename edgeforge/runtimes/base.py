@@ -21,7 +21,7 @@ from ..targets import TargetProfile
 
 if TYPE_CHECKING:
     from ..config import ValidationConfig
-    from ..remote.ssh import BenchInput
+    from ..remote import BenchInput
 
 
 class Session(ABC):
@@ -129,7 +129,7 @@ def device_inputs(inputs: Sequence[InputSpec], target: TargetProfile) -> tuple[B
     image inputs its layout (NHWC in channel-last LiteRT files); integer inputs keep their dtype and get
     a value range: token ids stay inside the vocabulary, masks are all ones. A dynamic batch is timed at 1.
     """
-    from ..remote.ssh import BenchInput
+    from ..remote import BenchInput
 
     batch = target.input.batch if isinstance(target.input.batch, int) else 1
     out = []
